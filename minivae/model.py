@@ -1,0 +1,365 @@
+"""The variational autoencoder: an MLP encoder q(z|x), an MLP decoder p(x|z), and the negative ELBO.
+
+    h        = MLP_enc(x)                                  x (N, D)
+    mu, logvar = split(h @ W_head + b_head)                (N, K) each
+    z        = mu + exp(logvar / 2) * eps,  eps ~ N(0, I)  (L, N, K): L Monte Carlo samples
+    out      = MLP_dec(z)                                  logits (Bernoulli) or mean (Gaussian)
+    loss     = mean_{l, n} [ -log p(x_n | z_ln) ] + beta * mean_n KL(q(z|x_n) || p(z))
+
+The loss is the per-example negative ELBO in nats (summed over pixels and latent dimensions),
+averaged over the batch. The model owns its parameters and composes the ops of
+:mod:`minivae.layers`, :mod:`minivae.likelihoods` and :mod:`minivae.gaussian`; the backward pass
+below is those ops' backwards called in reverse order, nothing hidden.
+
+All parameters live in one contiguous vector (``model.flat_params``); ``model.params`` holds named
+views into it, so an optimizer can update every parameter with a few vector operations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minivae.backend import get_backend
+from minivae.gaussian import (kl_standard_normal, kl_standard_normal_backward, log_normal,
+                              log_standard_normal, reparameterize, reparameterize_backward)
+from minivae.layers import get_activation, linear_backward, linear_forward, sigmoid
+from minivae.likelihoods import (LIKELIHOODS, bernoulli_nll, bernoulli_nll_backward, gaussian_nll,
+                                 gaussian_nll_backward, gaussian_nll_fixed,
+                                 gaussian_nll_fixed_backward)
+from minivae.params import Parameters
+from minivae.validation import check_data, check_eps, resolve_dtype
+
+
+@dataclass
+class LossTerms:
+    """The batch means of the negative ELBO and its two parts, as 0-d arrays on the backend's
+    device (reading them with ``float()`` synchronises with a GPU; do it once per log interval).
+
+    ``loss = reconstruction + beta * kl``.
+    """
+    loss: object
+    reconstruction: object
+    kl: object
+
+    def as_floats(self) -> dict:
+        """Host copies: ``{"loss": ..., "reconstruction": ..., "kl": ...}`` as Python floats."""
+        return {"loss": float(self.loss), "reconstruction": float(self.reconstruction),
+                "kl": float(self.kl)}
+
+
+@dataclass
+class Forward:
+    """Everything one forward pass computed: q's parameters, the samples, both loss terms per
+    example, and the caches the backward needs."""
+    mu: object       # (N, K)
+    logvar: object   # (N, K)
+    z: object        # (L, N, K)
+    nll: object      # (L, N)  -log p(x_n | z_ln)
+    kl: object       # (N,)    KL(q(z | x_n) || p(z))
+    caches: tuple
+
+
+def parameter_shapes(input_dim, hidden_dims, latent_dim, decoder_hidden_dims, learned_variance):
+    """The name -> shape table of a VAE's parameters, in storage order."""
+    shapes = {}
+    sizes = [input_dim, *hidden_dims]
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"encoder.{i}.W"], shapes[f"encoder.{i}.b"] = (fan_in, fan_out), (fan_out,)
+    shapes["encoder.head.W"], shapes["encoder.head.b"] = (sizes[-1], 2 * latent_dim), (2 * latent_dim,)
+    sizes = [latent_dim, *decoder_hidden_dims]
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"decoder.{i}.W"], shapes[f"decoder.{i}.b"] = (fan_in, fan_out), (fan_out,)
+    shapes["decoder.out.W"], shapes["decoder.out.b"] = (sizes[-1], input_dim), (input_dim,)
+    if learned_variance:
+        shapes["decoder.logvar"] = (input_dim,)
+    return shapes
+
+
+class VAE:
+    """A multilayer-perceptron VAE with a diagonal Gaussian posterior and a N(0, I) prior.
+
+    Parameters
+    ----------
+    input_dim : int
+        D, the number of pixels.
+    hidden_dims : sequence of int
+        Widths of the encoder's hidden layers, e.g. ``[400]``; the decoder mirrors them unless
+        ``decoder_hidden_dims`` is given.
+    latent_dim : int
+        K, the dimension of z.
+    likelihood : ``"bernoulli"`` or ``"gaussian"``
+        Bernoulli: the decoder outputs logits and the data must lie in [0, 1].
+        Gaussian: the decoder outputs the mean; the variance is ``decoder_variance`` (a fixed float,
+        default 1.0: squared error plus a constant) or ``"learned"`` (one log-variance per pixel).
+    activation : ``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"`` or ``"softplus"``
+    backend : ``"numpy"``, ``"cupy"``, ``"strict"``, ``"auto"`` or None (the process default)
+    dtype : ``"float32"`` (default, fast) or ``"float64"`` (gradient checks)
+    seed : int or None
+        Seeds the initial weights (drawn on the host, so the same seed gives the same weights on
+        every backend) and the model's own noise source ``model.random``.
+    """
+
+    def __init__(self, input_dim, hidden_dims, latent_dim, likelihood="bernoulli", activation="relu",
+                 backend=None, dtype="float32", seed=None, decoder_hidden_dims=None,
+                 decoder_variance=1.0):
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+        hidden_dims = [int(h) for h in hidden_dims]
+        decoder_hidden_dims = (list(reversed(hidden_dims)) if decoder_hidden_dims is None
+                               else [int(h) for h in decoder_hidden_dims])
+        for name, value in [("input_dim", input_dim), ("latent_dim", latent_dim),
+                            *[("hidden width", h) for h in hidden_dims + decoder_hidden_dims]]:
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        learned_variance = decoder_variance == "learned"
+        if likelihood == "gaussian" and not learned_variance:
+            decoder_variance = float(decoder_variance)
+            if not decoder_variance > 0.0:
+                raise ValueError(f"decoder_variance must be positive or 'learned', got {decoder_variance}")
+
+        self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
+        self.hidden_dims, self.decoder_hidden_dims = hidden_dims, decoder_hidden_dims
+        self.likelihood, self.activation = likelihood, activation
+        self.decoder_variance = decoder_variance
+        self._activation_forward, self._activation_backward = get_activation(activation)
+        self.dtype = resolve_dtype(dtype)
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+        self.seed = seed
+
+        self.shapes = parameter_shapes(self.input_dim, hidden_dims, self.latent_dim,
+                                       decoder_hidden_dims, likelihood == "gaussian" and learned_variance)
+        self.params = Parameters(self.backend.to_device(self._initial_values(seed), dtype=self.dtype),
+                                 self.shapes)
+        self.random = self.backend.random(None if seed is None else seed + 1)
+
+    # --- parameters -----------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
+    @property
+    def config(self) -> dict:
+        """Everything needed to rebuild this architecture (JSON-serialisable)."""
+        return {"input_dim": self.input_dim, "hidden_dims": self.hidden_dims,
+                "latent_dim": self.latent_dim, "likelihood": self.likelihood,
+                "activation": self.activation, "dtype": np.dtype(self.dtype).name,
+                "decoder_hidden_dims": self.decoder_hidden_dims,
+                "decoder_variance": self.decoder_variance}
+
+    @property
+    def flat_params(self):
+        """All parameters as one contiguous vector (``params`` are views into it)."""
+        return self.params.flat
+
+    def _initial_values(self, seed):
+        """PyTorch's default for nn.Linear: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)); drawn on the
+        host in float64 so that every backend and dtype starts from the same numbers."""
+        rng = np.random.default_rng(seed)
+        values = []
+        for name, shape in self.shapes.items():
+            if name == "decoder.logvar":
+                values.append(np.zeros(shape))
+                continue
+            fan_in = self.shapes[name.rsplit(".", 1)[0] + ".W"][0]
+            bound = 1.0 / math.sqrt(fan_in)
+            values.append(rng.uniform(-bound, bound, size=shape).ravel())
+        return np.concatenate([v.ravel() for v in values])
+
+    def zeros_like_params(self) -> Parameters:
+        """Zeros with the parameters' names and shapes, backed by one flat vector (``.flat``)."""
+        return Parameters(self.xp.zeros_like(self.params.flat), self.shapes)
+
+    # --- the two networks -----------------------------------------------------------------------
+    def _mlp_forward(self, h, prefix, depth):
+        caches = []
+        for i in range(depth):
+            h, linear_cache = linear_forward(h, self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"])
+            h, activation_cache = self._activation_forward(h)
+            caches.append((linear_cache, activation_cache))
+        return h, caches
+
+    def _mlp_backward(self, dh, caches, prefix, grads, need_input_grad):
+        for i in reversed(range(len(caches))):
+            linear_cache, activation_cache = caches[i]
+            dh = self._activation_backward(dh, activation_cache)
+            dx, grads[f"{prefix}.{i}.W"][...], grads[f"{prefix}.{i}.b"][...] = linear_backward(dh, linear_cache)
+            dh = dx if (i > 0 or need_input_grad) else None
+        return dh
+
+    def _encoder_forward(self, x):
+        h, caches = self._mlp_forward(x, "encoder", len(self.hidden_dims))
+        head, head_cache = linear_forward(h, self.params["encoder.head.W"], self.params["encoder.head.b"])
+        K = self.latent_dim
+        return head[:, :K], head[:, K:], (caches, head_cache)
+
+    def _encoder_backward(self, dmu, dlogvar, cache, grads):
+        caches, head_cache = cache
+        dhead = self.xp.concatenate([dmu, dlogvar], axis=1)
+        dh, grads["encoder.head.W"][...], grads["encoder.head.b"][...] = linear_backward(dhead, head_cache)
+        self._mlp_backward(dh, caches, "encoder", grads, need_input_grad=False)
+
+    def _decoder_forward(self, z):
+        h, caches = self._mlp_forward(z, "decoder", len(self.decoder_hidden_dims))
+        out, out_cache = linear_forward(h, self.params["decoder.out.W"], self.params["decoder.out.b"])
+        return out, (caches, out_cache)
+
+    def _decoder_backward(self, dout, cache, grads):
+        caches, out_cache = cache
+        dh, grads["decoder.out.W"][...], grads["decoder.out.b"][...] = linear_backward(dout, out_cache)
+        return self._mlp_backward(dh, caches, "decoder", grads, need_input_grad=True)
+
+    def _reconstruction_nll(self, out, x):
+        """-log p(x | z) per sample and example: out (L, N, D), x (N, D) -> (L, N), and a cache."""
+        if self.likelihood == "bernoulli":
+            return bernoulli_nll(out, x)
+        if self.decoder_variance == "learned":
+            return gaussian_nll(out, self.params["decoder.logvar"], x)
+        return gaussian_nll_fixed(out, x, self.decoder_variance)
+
+    def _reconstruction_nll_backward(self, dnll, cache, grads):
+        if self.likelihood == "bernoulli":
+            return bernoulli_nll_backward(dnll, cache)
+        if self.decoder_variance == "learned":
+            dout, grads["decoder.logvar"][...] = gaussian_nll_backward(dnll, cache)
+            return dout
+        return gaussian_nll_fixed_backward(dnll, cache)
+
+    def _forward(self, x, eps):
+        """x (N, D), eps (L, N, K) -> a :class:`Forward` with every intermediate and the caches."""
+        L, N, K = eps.shape
+        mu, logvar, encoder_cache = self._encoder_forward(x)
+        z, reparameterize_cache = reparameterize(mu, logvar, eps)                     # (L, N, K)
+        out, decoder_cache = self._decoder_forward(z.reshape(L * N, K))
+        nll, nll_cache = self._reconstruction_nll(out.reshape(L, N, self.input_dim), x)  # (L, N)
+        kl, kl_cache = kl_standard_normal(mu, logvar)                                  # (N,)
+        return Forward(mu, logvar, z, nll, kl,
+                       (encoder_cache, reparameterize_cache, decoder_cache, nll_cache, kl_cache))
+
+    # --- public API -----------------------------------------------------------------------------
+    def encode(self, x):
+        """q(z|x): ``(N, D) -> (mu, logvar)``, each ``(N, K)``."""
+        x = check_data(x, self)
+        mu, logvar, _ = self._encoder_forward(x)
+        return mu, logvar
+
+    def decode(self, z):
+        """p(x|z): ``(N, K) -> (N, D)`` logits (Bernoulli) or means (Gaussian)."""
+        z = check_data(z, self, dim=self.latent_dim, name="z", unit_interval=False)
+        return self._decoder_forward(z)[0]
+
+    def decode_mean(self, z):
+        """E[x | z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. ``(N, K) -> (N, D)``."""
+        out = self.decode(z)
+        return sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def reconstruct(self, x):
+        """E[x | z = mu(x)]: the decoded posterior mean. ``(N, D) -> (N, D)``."""
+        mu, _ = self.encode(x)
+        return self.decode_mean(mu)
+
+    def sample(self, n, eps=None):
+        """Draw ``n`` images from the model: z ~ N(0, I), then E[x | z]. Returns ``(n, D)``.
+
+        ``eps`` (n, K) fixes the prior draws."""
+        z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
+        return self.decode_mean(z)
+
+    def draw_eps(self, batch_size, n_samples=1):
+        """Fresh noise eps ~ N(0, I) of shape (n_samples, batch_size, K), on the model's device."""
+        return self.random.normal((n_samples, batch_size, self.latent_dim), self.dtype)
+
+    def forward_backward(self, x, eps=None, n_samples=1, beta=1.0, grads=None, need_grads=True):
+        """One forward and (optionally) backward pass of the negative ELBO.
+
+        Parameters
+        ----------
+        x : (N, D) array on the model's backend, dtype ``model.dtype``.
+        eps : (L, N, K) or (N, K) array, optional
+            The noise of the reparameterization; drawn from ``model.random`` when None.
+        n_samples : int
+            L, used when ``eps`` is None.
+        beta : float
+            Weight of the KL term.
+        grads : dict, optional
+            Arrays to write the gradients into (e.g. views of a reused flat buffer).
+
+        Returns
+        -------
+        (LossTerms, grads) with ``grads`` None when ``need_grads`` is False.
+        """
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        N = x.shape[0]
+        if eps is None:
+            if int(n_samples) != n_samples or n_samples < 1:
+                raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+            eps = self.draw_eps(N, int(n_samples))
+        eps = check_eps(eps, self, N)
+        beta = float(beta)
+
+        forward = self._forward(x, eps)
+        encoder_cache, reparameterize_cache, decoder_cache, nll_cache, kl_cache = forward.caches
+        L = eps.shape[0]
+        reconstruction = forward.nll.mean()
+        kl_mean = forward.kl.mean()
+        terms = LossTerms(reconstruction + beta * kl_mean, reconstruction, kl_mean)
+        if not need_grads:
+            return terms, None
+
+        if grads is None:
+            grads = self.zeros_like_params()
+        xp = self.xp
+        # loss = sum_{l,n} nll[l, n] / (L N) + beta * sum_n kl[n] / N
+        dout = self._reconstruction_nll_backward(xp.full((L, N), 1.0 / (L * N), dtype=self.dtype),
+                                                 nll_cache, grads)
+        dz = self._decoder_backward(dout.reshape(L * N, self.input_dim), decoder_cache, grads)
+        dmu, dlogvar = reparameterize_backward(dz.reshape(L, N, self.latent_dim), reparameterize_cache)
+        dmu_kl, dlogvar_kl = kl_standard_normal_backward(xp.full((N,), beta / N, dtype=self.dtype),
+                                                         kl_cache)
+        self._encoder_backward(dmu + dmu_kl, dlogvar + dlogvar_kl, encoder_cache, grads)
+        return terms, grads
+
+    def loss_and_grads(self, x, eps=None, n_samples=1, beta=1.0):
+        """The batch-mean negative ELBO (a Python float, nats) and its gradients.
+
+        ``grads`` has exactly the keys of ``params``. Deterministic when ``eps`` is given:
+        shape (n_samples, N, K), or (N, K) for one sample.
+        """
+        terms, grads = self.forward_backward(x, eps=eps, n_samples=n_samples, beta=beta)
+        return float(terms.loss), grads
+
+    def loss(self, x, eps=None, n_samples=1, beta=1.0):
+        """The batch-mean negative ELBO alone, a Python float (nats)."""
+        return float(self.loss_terms(x, eps=eps, n_samples=n_samples, beta=beta).loss)
+
+    def loss_terms(self, x, eps=None, n_samples=1, beta=1.0) -> LossTerms:
+        """The loss, reconstruction and KL batch means (as device scalars), without gradients."""
+        return self.forward_backward(x, eps=eps, n_samples=n_samples, beta=beta, need_grads=False)[0]
+
+    def elbo_per_example(self, x, eps=None, n_samples=1):
+        """Per-example Monte Carlo ELBO estimates, ``(N,)`` on the device (beta = 1)."""
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        if eps is None:
+            eps = self.draw_eps(x.shape[0], n_samples)
+        eps = check_eps(eps, self, x.shape[0])
+        forward = self._forward(x, eps)
+        return -(forward.nll.mean(axis=0) + forward.kl)
+
+    def log_importance_weights(self, x, eps):
+        """log w = log p(x | z) + log p(z) - log q(z | x) for z = mu + sigma * eps.
+
+        The building block of the importance-weighted bound IWAE_k = E log mean_k w_k.
+        Shapes: x (N, D), eps (k, N, K) -> (k, N).
+        """
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        eps = check_eps(eps, self, x.shape[0])
+        forward = self._forward(x, eps)
+        log_q, _ = log_normal(forward.z, forward.mu, forward.logvar)
+        return -forward.nll + log_standard_normal(forward.z) - log_q
+
+    def __repr__(self):
+        widths = "-".join(str(w) for w in [self.input_dim, *self.hidden_dims, self.latent_dim])
+        return (f"VAE({widths}, {self.activation}, {self.likelihood}, backend={self.backend.name!r}, "
+                f"dtype={np.dtype(self.dtype).name}, params={self.num_params})")

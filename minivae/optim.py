@@ -1,0 +1,133 @@
+"""Hand-written optimizers that update parameters in place: SGD with momentum, and Adam.
+
+Both keep their state in flat vectors. When the parameters and the gradients are both views into
+one contiguous vector each (``model.params`` and the model's gradients are: see
+:class:`minivae.params.Parameters`), a step is a handful of whole-vector operations instead of a
+loop over layers.
+"""
+from __future__ import annotations
+
+import math
+
+from minivae.backend import get_array_module
+from minivae.params import flat_views
+
+
+class Optimizer:
+    """Shared bookkeeping: the parameters, flat state vectors, and state save/restore."""
+
+    state_names = ()
+
+    def __init__(self, params, lr):
+        if not lr > 0.0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        if not params:
+            raise ValueError("no parameters to optimize")
+        self.params = params
+        self.lr = float(lr)
+        self.step_count = 0
+        xp = get_array_module(next(iter(params.values())))
+        total = sum(p.size for p in params.values())
+        self.state = {name: xp.zeros(total, dtype=next(iter(params.values())).dtype)
+                      for name in self.state_names}
+        self._state_views = {name: flat_views(vector, params) for name, vector in self.state.items()}
+
+    def step(self, grads) -> None:
+        """Apply one update, in place, from ``grads`` (same keys and shapes as the parameters)."""
+        if grads.keys() != self.params.keys():
+            missing = sorted(set(self.params) ^ set(grads))
+            raise KeyError(f"grads and params have different keys: {missing}")
+        self.step_count += 1
+        params_flat, grads_flat = getattr(self.params, "flat", None), getattr(grads, "flat", None)
+        if params_flat is not None and grads_flat is not None:
+            self._update(params_flat, grads_flat, self.state)
+        else:
+            for name, p in self.params.items():
+                self._update(p, grads[name], {k: views[name] for k, views in self._state_views.items()})
+
+    def _update(self, p, g, state):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """``{"step": int, "lr": float, ..., <state name>: flat array}``; arrays stay on the device."""
+        return {"step": self.step_count, **self.hyperparameters(), **self.state}
+
+    def load_state_dict(self, state) -> None:
+        """Restore what :meth:`state_dict` returned (arrays may come from the host; they are copied in)."""
+        for name, vector in self.state.items():
+            if name not in state:
+                raise KeyError(f"optimizer state has no {name!r}")
+            if tuple(state[name].shape) != tuple(vector.shape):
+                raise ValueError(f"optimizer state {name!r} has shape {tuple(state[name].shape)}, "
+                                 f"expected {tuple(vector.shape)}")
+            vector[...] = get_array_module(vector).asarray(state[name], dtype=vector.dtype)
+        self.step_count = int(state["step"])
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with (optionally Nesterov) momentum, PyTorch's convention:
+
+        velocity <- momentum * velocity + g;   p <- p - lr * velocity
+        (Nesterov: p <- p - lr * (g + momentum * velocity))
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.state_names = ("velocity",) if momentum else ()
+        super().__init__(params, lr)
+
+    def _update(self, p, g, state):
+        if not self.momentum:
+            p -= self.lr * g
+            return
+        velocity = state["velocity"]
+        velocity *= self.momentum
+        velocity += g
+        p -= self.lr * (g + self.momentum * velocity if self.nesterov else velocity)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015), with PyTorch's placement of epsilon:
+
+        m <- b1 m + (1 - b1) g;        v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        beta1, beta2 = betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if not eps > 0.0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        super().__init__(params, lr)
+
+    def _update(self, p, g, state):
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        t = self.step_count
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        step_size = self.lr / (1.0 - self.beta1 ** t)
+        sqrt_bias_correction2 = math.sqrt(1.0 - self.beta2 ** t)
+        xp = get_array_module(p)
+        denominator = xp.sqrt(v)
+        denominator *= 1.0 / sqrt_bias_correction2
+        denominator += self.eps
+        p -= step_size * (m / denominator)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

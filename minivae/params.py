@@ -1,0 +1,30 @@
+"""Named parameter arrays that are views into one flat vector."""
+from __future__ import annotations
+
+import math
+
+
+class Parameters(dict):
+    """``{name: array}`` whose arrays are views into the contiguous vector ``self.flat``.
+
+    Writing into ``params[name]`` (in place) writes into ``flat`` and vice versa, so a whole-model
+    operation (an optimizer step, a checkpoint, a random direction for a gradient check) is one
+    vector operation.
+    """
+
+    def __init__(self, flat, shapes):
+        views, offset = {}, 0
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            views[name] = flat[offset:offset + size].reshape(shape)
+            offset += size
+        if offset != flat.size:
+            raise ValueError(f"flat vector has {flat.size} entries, the shapes need {offset}")
+        super().__init__(views)
+        self.flat = flat
+        self.shapes = dict(shapes)
+
+
+def flat_views(vector, like):
+    """Views into ``vector`` with the names and shapes of the arrays in ``like`` (a dict)."""
+    return Parameters(vector, {name: tuple(array.shape) for name, array in like.items()})

@@ -1,0 +1,76 @@
+"""Input checks: bad input gets an error that names the problem, before any arithmetic happens."""
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+class InputError(ValueError):
+    """Raised for data of the wrong shape, dtype, device or values."""
+
+
+def resolve_dtype(dtype):
+    """``"float32"``/``"float64"`` (or the NumPy dtypes) -> ``numpy.dtype``; anything else is refused."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return resolved
+
+
+def _describe(array):
+    return f"{type(array).__module__.split('.')[0]}.{type(array).__name__}"
+
+
+def check_array(array, model, name):
+    """The array must belong to the model's backend and have the model's dtype."""
+    backend = model.backend
+    if not backend.is_native(array):
+        hint = ("move it with model.backend.to_device(...)" if hasattr(array, "shape")
+                else "convert it to an array first")
+        raise InputError(f"{name} is a {_describe(array)} but the model computes on the "
+                         f"{backend.name!r} backend; {hint}")
+    if array.dtype != model.dtype:
+        raise InputError(f"{name} has dtype {array.dtype} but the model computes in {model.dtype}; "
+                         f"cast it with {name}.astype('{model.dtype}') (no silent promotion)")
+
+
+def check_data(x, model, dim=None, name="x", unit_interval=False):
+    """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and [0, 1] if asked.
+
+    Costs two reductions (min and max): NaN propagates through both, so one comparison
+    catches NaN, Inf and out-of-range values; the exact culprit is found only on failure.
+    """
+    dim = model.input_dim if dim is None else dim
+    check_array(x, model, name)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise InputError(f"{name} must have shape (N, {dim}), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
+    xp = model.xp
+    low, high = float(x.min()), float(x.max())
+    lower, upper = (0.0, 1.0) if unit_interval else (-np.inf, np.inf)
+    if lower <= low and high <= upper and np.isfinite(low) and np.isfinite(high):
+        return x
+    if bool(xp.isnan(x).any()):
+        raise InputError(f"{name} contains NaN ({int(xp.isnan(x).sum())} entries)")
+    if bool(xp.isinf(x).any()):
+        raise InputError(f"{name} contains Inf ({int(xp.isinf(x).sum())} entries)")
+    raise InputError(f"{name} has values outside [0, 1] (min {low}, max {high}); a Bernoulli "
+                     "decoder needs intensities or binary pixels in [0, 1]: rescale (e.g. divide "
+                     "uint8 images by 255) or use likelihood='gaussian'")
+
+
+def check_eps(eps, model, batch_size):
+    """``eps`` must be (L, N, K) or (N, K) on the model's backend; returns the (L, N, K) view."""
+    check_array(eps, model, "eps")
+    K = model.latent_dim
+    if eps.ndim == 2:
+        eps = eps.reshape(1, *eps.shape)
+    if eps.ndim != 3 or eps.shape[1:] != (batch_size, K):
+        raise InputError(f"eps must have shape (n_samples, {batch_size}, {K}) or ({batch_size}, {K}), "
+                         f"got {tuple(eps.shape)}")
+    return eps
