@@ -11,10 +11,11 @@ from minivae.gradcheck import GradcheckReport, check_model_gradients, gradcheck,
 from minivae.model import VAE, LossTerms
 from minivae.optim import SGD, Adam
 from minivae.params import Parameters
+from minivae.step import TrainStep
 from minivae.validation import InputError
 
 __version__ = "0.1.0"
 
 __all__ = ["VAE", "LossTerms", "Adam", "SGD", "Parameters", "Backend", "BackendUnavailableError",
            "get_backend", "set_backend", "get_array_module", "to_numpy", "gradcheck",
-           "check_model_gradients", "numeric_gradient", "GradcheckReport", "InputError"]
+           "check_model_gradients", "numeric_gradient", "GradcheckReport", "InputError", "TrainStep"]
