@@ -7,7 +7,8 @@ Central differences in float64. The default is the fourth-order central stencil
 whose truncation error is O(h^4), so h can be large (default 1e-4) and the rounding error,
 O(eps_64 |f| / h), stays small too: a small VAE's gradients agree to ~1e-9. ``order=2`` gives the
 classic (f(p + h e_i) - f(p - h e_i)) / (2h), error O(h^2). A perturbation of 2h that carries a
-ReLU pre-activation across 0 breaks any finite difference: keep inputs away from kinks, or lower h.
+ReLU pre-activation across 0 breaks any finite difference, so the step is chosen per element or
+direction by self-consistency (:func:`stable_difference`: h, h/10, ... until two estimates agree).
 
 * Small tensors are checked element by element.
 * Large tensors are checked along random directions d: the same stencil in t of f(p + t d) must
@@ -41,6 +42,10 @@ def relative_error(analytic, numeric) -> float:
     return float(np.abs(analytic - numeric).max() / max(scale, TINY))
 
 
+def _unit_roundoff(array):
+    return float(np.finfo(array.dtype).eps)
+
+
 def _refuse_float32(arrays, allow_float32):
     for array in arrays:
         if array.dtype != np.float64 and not allow_float32:
@@ -56,19 +61,53 @@ STENCILS = {2: ((-1, -0.5), (1, 0.5)),
 
 def central_difference(f_at, h, order=4):
     """The derivative at t = 0 of the scalar function ``f_at(t)`` by a central stencil."""
+    return _central_difference(f_at, h, order)[0]
+
+
+def _central_difference(f_at, h, order):
+    """(estimate, an upper bound on its rounding error relative to unit roundoff)."""
     try:
         stencil = STENCILS[order]
     except KeyError:
         raise ValueError(f"order must be one of {sorted(STENCILS)}, got {order}") from None
-    return sum(weight * f_at(offset * h) for offset, weight in stencil) / h
+    values = [(weight, f_at(offset * h)) for offset, weight in stencil]
+    estimate = sum(weight * value for weight, value in values) / h
+    rounding = sum(abs(weight * value) for weight, value in values) / h
+    return estimate, rounding
 
 
-def numeric_gradient(f, x, dout=None, h=1e-4, order=4, allow_float32=False):
+def stable_difference(f_at, h, order=4, steps=5, agreement=1e-6, unit_roundoff=2.2e-16):
+    """A central difference whose step is chosen by self-consistency, robust to kinks.
+
+    A ReLU kink within the stencil's reach (2h) ruins a finite difference, and a tiny step drowns
+    it in rounding error. So: estimate at h, h/10, h/100, ... (``steps`` sizes) and stop at the first
+    two consecutive estimates that agree — to ``agreement`` relative, or within what rounding of
+    the loss values can explain (``unit_roundoff`` times the stencil's sum |w f| / h, times 100
+    for the rounding inside the loss) — returning the one with the larger step (less rounding).
+    If none agree, return the coarser estimate of the closest pair. The choice never looks at
+    the analytic gradient, so it cannot flatter it.
+    """
+    estimates = [_central_difference(f_at, h, order)]
+    for k in range(1, steps):
+        estimates.append(_central_difference(f_at, h / 10.0 ** k, order))
+        (coarse, _), (fine, fine_rounding) = estimates[-2], estimates[-1]
+        slack = agreement * max(abs(coarse), abs(fine)) + 100.0 * unit_roundoff * fine_rounding
+        if abs(coarse - fine) <= slack:
+            return coarse
+    if len(estimates) == 1:
+        return estimates[0][0]
+    values = [estimate for estimate, _ in estimates]
+    gaps = [abs(a - b) / max(abs(a), abs(b), TINY) for a, b in zip(values[:-1], values[1:])]
+    return values[int(np.argmin(gaps))]
+
+
+def numeric_gradient(f, x, dout=None, h=1e-4, order=4, steps=1, allow_float32=False):
     """The numeric gradient of  sum(f(x) * dout)  with respect to ``x``, element by element.
 
     ``f`` maps an array to an array (or a scalar); ``x`` is perturbed in place and restored.
     ``dout`` is the upstream gradient (a random one makes every output count); None means ones.
-    Returns a host NumPy array with the shape of ``x``. The cs231n ``eval_numerical_gradient_array``.
+    Returns a host NumPy array with the shape of ``x``. The cs231n ``eval_numerical_gradient_array``;
+    ``steps > 1`` chooses the step per element with :func:`stable_difference`.
     """
     _refuse_float32([x], allow_float32)
     xp = get_array_module(x)
@@ -86,7 +125,7 @@ def numeric_gradient(f, x, dout=None, h=1e-4, order=4, allow_float32=False):
         def f_at(t):
             flat_x[i] = old + t
             return objective()
-        flat_grad[i] = central_difference(f_at, h, order)
+        flat_grad[i] = stable_difference(f_at, h, order, steps, unit_roundoff=_unit_roundoff(x))
         flat_x[i] = old
     return grad
 
@@ -131,8 +170,8 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def gradcheck(loss_fn, params, grads, h=1e-4, order=4, max_elements=256, n_directions=6, seed=0,
-              allow_float32=False) -> GradcheckReport:
+def gradcheck(loss_fn, params, grads, h=1e-4, order=4, steps=5, max_elements=256, n_directions=6,
+              seed=0, allow_float32=False) -> GradcheckReport:
     """Compare analytic gradients with central differences of a scalar loss.
 
     Parameters
@@ -145,6 +184,9 @@ def gradcheck(loss_fn, params, grads, h=1e-4, order=4, max_elements=256, n_direc
     max_elements : int
         Tensors up to this size are checked element by element; larger ones along
         ``n_directions`` random directions.
+    h, order, steps
+        The largest step, the stencil order (2 or 4), and how many step sizes
+        (h, h/10, ...) :func:`stable_difference` may try to get clear of ReLU kinks.
     """
     _refuse_float32(params.values(), allow_float32)
     rng = np.random.default_rng(seed)
@@ -152,17 +194,18 @@ def gradcheck(loss_fn, params, grads, h=1e-4, order=4, max_elements=256, n_direc
     for name, p in params.items():
         g = grads[name]
         if p.size <= max_elements:
-            numeric = numeric_gradient(lambda _: loss_fn(), p, h=h, order=order,
+            numeric = numeric_gradient(lambda _: loss_fn(), p, h=h, order=order, steps=steps,
                                        allow_float32=allow_float32)
             error = relative_error(to_numpy(g), numeric)
             report.checks[name] = ParameterCheck(name, error, "elementwise", p.size)
         else:
-            error = max(_direction_error(loss_fn, p, g, rng, h, order) for _ in range(n_directions))
+            error = max(_direction_error(loss_fn, p, g, rng, h, order, steps)
+                        for _ in range(n_directions))
             report.checks[name] = ParameterCheck(name, error, "directions", n_directions)
     return report
 
 
-def _direction_error(loss_fn, p, g, rng, h, order):
+def _direction_error(loss_fn, p, g, rng, h, order, steps):
     """|<g, d> - D_d f| / scale for one random direction d, D_d f by a central stencil."""
     xp = get_array_module(p)
     direction = xp.asarray(rng.standard_normal(p.shape), dtype=p.dtype)  # explicit host -> device
@@ -171,7 +214,7 @@ def _direction_error(loss_fn, p, g, rng, h, order):
     def f_at(t):
         p[...] = original + t * direction
         return loss_fn()
-    numeric = central_difference(f_at, h, order)
+    numeric = stable_difference(f_at, h, order, steps, unit_roundoff=_unit_roundoff(p))
     p[...] = original
     analytic = float((g * direction).sum())
     return relative_error([analytic], [numeric])
