@@ -241,7 +241,7 @@ class VAE:
     # --- public API -----------------------------------------------------------------------------
     def encode(self, x):
         """q(z|x): ``(N, D) -> (mu, logvar)``, each ``(N, K)``."""
-        x = check_data(x, self)
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
         mu, logvar, _ = self._encoder_forward(x)
         return mu, logvar
 
