@@ -19,3 +19,21 @@ __version__ = "0.1.0"
 __all__ = ["VAE", "LossTerms", "Adam", "SGD", "Parameters", "Backend", "BackendUnavailableError",
            "get_backend", "set_backend", "get_array_module", "to_numpy", "gradcheck",
            "check_model_gradients", "numeric_gradient", "GradcheckReport", "InputError", "TrainStep"]
+
+# Study tools (issue 5): gradient estimators and the exact ELBO gap; figures in minivae.study_plots
+# (matplotlib, imported on use). See docs/gradients.md and docs/study.md.
+from minivae import estimators, posterior  # noqa: E402
+
+__all__ += ["estimators", "posterior"]
+
+# MNIST end to end (issue 7): data sets, the training loop, evaluation, checkpoints; figures in
+# minivae.plots (matplotlib, imported on use). See docs/mnist.md and examples/mnist.py.
+from minivae import data  # noqa: E402
+from minivae.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from minivae.data import load_dataset  # noqa: E402
+from minivae.evaluate import heldout_elbo, iwae_bound, latent_statistics  # noqa: E402
+from minivae.train import TrainConfig, Trainer, TrainingDiverged, train  # noqa: E402
+
+__all__ += ["data", "load_dataset", "Trainer", "TrainConfig", "TrainingDiverged", "train",
+            "heldout_elbo", "iwae_bound", "latent_statistics", "save_checkpoint", "load_checkpoint",
+            "load_model"]

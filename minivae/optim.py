@@ -2,8 +2,19 @@
 
 Both keep their state in flat vectors. When the parameters and the gradients are both views into
 one contiguous vector each (``model.params`` and the model's gradients are: see
-:class:`minivae.params.Parameters`), a step is a handful of whole-vector operations instead of a
-loop over layers.
+:class:`minivae.params.Parameters`), a step runs on the flat vectors:
+
+* on CuPy, one fused kernel updates parameters and state (:mod:`minivae.kernels`);
+* on NumPy (and the strict stand-in), the vectors are cut into chunks that stay in the cache while
+  every operation of the update runs on them, with one preallocated scratch buffer (no allocation,
+  no page faults). Measured on a 2-core EPYC: about 0.9 ms per Adam step for 650k float32
+  parameters against 1.2 ms for the whole-vector reference (which also allocates four temporary
+  vectors per step). That is twelve passes at NumPy's per-element speed; two threads on the two
+  halves of the vectors did not help there inside a training step (the second core is busy with
+  OpenBLAS's spinning thread), so the update runs on one thread.
+
+otherwise (any dict of arrays) each array gets the readable whole-array update, ``_update``, which
+is also the reference the fast path is tested against.
 """
 from __future__ import annotations
 
@@ -11,6 +22,8 @@ import math
 
 from minivae.backend import get_array_module
 from minivae.params import flat_views
+
+CHUNK = 65536  # elements per chunk: 5 float32 chunks (p, g, two states, scratch) = 1.25 MiB
 
 
 class Optimizer:
@@ -40,13 +53,43 @@ class Optimizer:
         self.step_count += 1
         params_flat, grads_flat = getattr(self.params, "flat", None), getattr(grads, "flat", None)
         if params_flat is not None and grads_flat is not None:
-            self._update(params_flat, grads_flat, self.state)
+            self._step_flat(params_flat, grads_flat)
         else:
             for name, p in self.params.items():
                 self._update(p, grads[name], {k: views[name] for k, views in self._state_views.items()})
 
     def _update(self, p, g, state):
+        """The reference update of one array ``p`` from ``g`` with its ``state`` (whole-array ops)."""
         raise NotImplementedError
+
+    def _update_chunk(self, p, g, state, tmp, scalars):
+        """The same update as :meth:`_update`, in place, on 1-D slices, with the scratch ``tmp``."""
+        raise NotImplementedError
+
+    def _kernel_update(self, kernels, p, g, scalars):
+        """The same update as one fused CuPy kernel."""
+        raise NotImplementedError
+
+    def _step_scalars(self):
+        """The Python-float coefficients of this step (never float64 arrays: no promotion)."""
+        return ()
+
+    def _step_flat(self, p, g):
+        xp = get_array_module(p)
+        scalars = self._step_scalars()
+        if xp.__name__ == "cupy":
+            from minivae.kernels import get_kernels
+            from minivae.backend import get_backend
+            self._kernel_update(get_kernels(get_backend("cupy")), p, g, scalars)
+            return
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.dtype != p.dtype or get_array_module(scratch) is not xp:
+            scratch = self._scratch = xp.zeros(min(CHUNK, p.size), dtype=p.dtype)
+        for lo in range(0, p.size, CHUNK):
+            hi = min(lo + CHUNK, p.size)
+            self._update_chunk(p[lo:hi], g[lo:hi],
+                               {name: vector[lo:hi] for name, vector in self.state.items()},
+                               scratch[:hi - lo], scalars)
 
     def state_dict(self) -> dict:
         """``{"step": int, "lr": float, ..., <state name>: flat array}``; arrays stay on the device."""
@@ -92,6 +135,33 @@ class SGD(Optimizer):
         velocity += g
         p -= self.lr * (g + self.momentum * velocity if self.nesterov else velocity)
 
+    def _step_scalars(self):
+        return (self.lr, self.momentum)
+
+    def _update_chunk(self, p, g, state, tmp, scalars):
+        lr, momentum = scalars
+        if not momentum:
+            tmp[...] = g
+        else:
+            velocity = state["velocity"]
+            velocity *= momentum
+            velocity += g
+            if self.nesterov:
+                get_array_module(p).multiply(velocity, momentum, out=tmp)
+                tmp += g
+            else:
+                tmp[...] = velocity
+        tmp *= lr
+        p -= tmp
+
+    def _kernel_update(self, kernels, p, g, scalars):
+        lr, momentum = scalars
+        if not momentum:
+            kernels.sgd(g, lr, p)
+        else:
+            kernels.sgd_momentum(g, lr, momentum, 1.0 if self.nesterov else 0.0, p,
+                                 self.state["velocity"])
+
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -128,6 +198,37 @@ class Adam(Optimizer):
         denominator *= 1.0 / sqrt_bias_correction2
         denominator += self.eps
         p -= step_size * (m / denominator)
+
+    def _step_scalars(self):
+        """(1 - b1, b2, 1 - b2, a, eps_hat) with a = lr sqrt(1 - b2^t) / (1 - b1^t) and
+        eps_hat = eps sqrt(1 - b2^t): p -= a m / (sqrt(v) + eps_hat) is the update above."""
+        t = self.step_count
+        sqrt_bias_correction2 = math.sqrt(1.0 - self.beta2 ** t)
+        step_size = self.lr * sqrt_bias_correction2 / (1.0 - self.beta1 ** t)
+        return (1.0 - self.beta1, self.beta2, 1.0 - self.beta2, step_size,
+                self.eps * sqrt_bias_correction2)
+
+    def _update_chunk(self, p, g, state, tmp, scalars):
+        one_minus_beta1, beta2, one_minus_beta2, step_size, eps_hat = scalars
+        xp = get_array_module(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        xp.subtract(g, m, out=tmp)           # m += (1 - b1)(g - m)
+        tmp *= one_minus_beta1
+        m += tmp
+        xp.multiply(g, g, out=tmp)           # v = b2 v + (1 - b2) g^2
+        tmp *= one_minus_beta2
+        v *= beta2
+        v += tmp
+        xp.sqrt(v, out=tmp)                  # p -= a m / (sqrt(v) + eps_hat)
+        tmp += eps_hat
+        xp.divide(m, tmp, out=tmp)
+        tmp *= step_size
+        p -= tmp
+
+    def _kernel_update(self, kernels, p, g, scalars):
+        one_minus_beta1, beta2, one_minus_beta2, step_size, eps_hat = scalars
+        kernels.adam(g, one_minus_beta1, one_minus_beta2, step_size, eps_hat,
+                     p, self.state["exp_avg"], self.state["exp_avg_sq"])
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -1,0 +1,449 @@
+"""Shared machinery of the benchmarks: one worker process per framework, the models, the GEMM-only
+floor, and the description of the machine.
+
+Why worker processes: PyTorch (OpenMP) and NumPy (OpenBLAS) each keep a pool of threads that spin
+for a while after a parallel region. Timed in one process, each framework's spinning threads steal
+the cores from the other's. Here each framework lives in its own process, the parent asks one
+worker at a time for a block of timed steps and pauses between blocks, so the spinning has stopped
+before the next block starts, and the frameworks take turns (their noise is shared evenly).
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+MODEL = dict(input_dim=784, hidden=400, latent=20)   # the PyTorch examples/vae architecture
+PIXEL_MEAN = 0.13                                      # binarised-MNIST-like synthetic data
+
+# workers: name -> (implementations it times, whether it needs a GPU)
+WORKERS = {
+    "numpy": ("minivae-numpy", "gemm-numpy"),
+    "cupy": ("minivae-cupy", "gemm-cupy"),
+    "torch-cpu": ("torch-cpu", "gemm-torch-cpu"),
+    "torch-cuda": ("torch-cuda", "gemm-torch-cuda"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# the machine
+
+def env_vars():
+    prefixes = ("OPENBLAS_", "OMP_", "MKL_", "GOTO", "CUPY_", "CUDA_VISIBLE", "NVIDIA_TF32",
+                "TORCH_ALLOW_TF32")
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)}
+
+
+def cpu_description():
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "logical_cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        fields = {}
+        for line in lines:
+            if ":" in line:
+                key, value = (s.strip() for s in line.split(":", 1))
+                fields.setdefault(key, value)
+        info["cpu_model"] = fields.get("model name")
+        info["cpu_family_model"] = f"{fields.get('cpu family')}/{fields.get('model')}"
+        flags = fields.get("flags", "").split()
+        info["simd"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+        info["cache_size"] = fields.get("cache size")
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total"] = f.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return info
+
+
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# inside a worker
+
+def synthetic_data(n, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, MODEL["input_dim"]), dtype=np.float32) < PIXEL_MEAN).astype(np.float32)
+
+
+def gemm_shapes(N):
+    """The matrix products of one step of the 784-400-20 model, forward then backward (no dx for
+    the first layer; the mu/logvar head is one GEMM): ``(A shape, B shape, A transposed, B
+    transposed)``, where a transposed operand is the ``.T`` view of a row-major array, as in the
+    real backward (``h.T @ dout``, ``dout @ W.T``)."""
+    D, H, K = MODEL["input_dim"], MODEL["hidden"], MODEL["latent"]
+    return [
+        ((N, D), (D, H), False, False), ((N, H), (H, 2 * K), False, False),      # forward
+        ((N, K), (K, H), False, False), ((N, H), (H, D), False, False),
+        ((H, N), (N, D), True, False), ((N, D), (D, H), False, True),            # decoder backward
+        ((K, N), (N, H), True, False), ((N, H), (H, K), False, True),
+        ((H, N), (N, 2 * K), True, False), ((N, 2 * K), (2 * K, H), False, True),  # encoder backward
+        ((D, N), (N, H), True, False),
+    ]
+
+
+class GemmFloor:
+    """Just the 11 matrix products of one step, with preallocated outputs: the floor that no
+    implementation of this model can beat without changing the products."""
+
+    def __init__(self, lib, N, device=None):
+        import numpy as np
+        rng = np.random.default_rng(0)
+        if lib == "torch":
+            import torch
+            array = lambda s: torch.from_numpy(rng.random(s, dtype=np.float32)).to(device)  # noqa: E731
+            empty = lambda s: torch.empty(s, device=device)                                  # noqa: E731
+            self.mm = lambda a, b, out: torch.matmul(a, b, out=out)
+        else:
+            xp = np if lib == "numpy" else __import__("cupy")
+            array = lambda s: xp.asarray(rng.random(s, dtype=np.float32))                    # noqa: E731
+            empty = lambda s: xp.empty(s, dtype=np.float32)                                  # noqa: E731
+            self.mm = lambda a, b, out: xp.matmul(a, b, out=out)
+        self.products = []
+        for a, b, ta, tb in gemm_shapes(N):
+            A = array(a[::-1]).T if ta else array(a)
+            B = array(b[::-1]).T if tb else array(b)
+            self.products.append((A, B, empty((a[0], b[1]))))
+
+    def __call__(self):
+        for a, b, out in self.products:
+            self.mm(a, b, out)
+
+
+class TorchVAE:
+    """The PyTorch examples/vae model (fc1, fc21, fc22, fc3, fc4, ReLU), trained with the same
+    objective as minivae: Bernoulli NLL from logits (binary_cross_entropy_with_logits, summed)
+    plus the KL term, divided by the batch size; Adam; noise drawn in each step (randn_like)."""
+
+    def __init__(self, device, lr=1e-3, seed=0):
+        import torch
+        from torch import nn
+        torch.manual_seed(seed)
+        D, H, K = MODEL["input_dim"], MODEL["hidden"], MODEL["latent"]
+
+        class VAE(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1, self.fc21, self.fc22 = nn.Linear(D, H), nn.Linear(H, K), nn.Linear(H, K)
+                self.fc3, self.fc4 = nn.Linear(K, H), nn.Linear(H, D)
+
+            def forward(self, x):
+                h1 = torch.relu(self.fc1(x))
+                mu, logvar = self.fc21(h1), self.fc22(h1)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                return self.fc4(torch.relu(self.fc3(z))), mu, logvar
+
+        self.torch = torch
+        self.model = VAE().to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def __call__(self, x):
+        F = self.torch.nn.functional
+        self.optimizer.zero_grad()
+        logits, mu, logvar = self.model(x)
+        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kld = -0.5 * self.torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = (bce + kld) / x.shape[0]
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class Worker:
+    """Runs in the child process: builds one framework's implementations and times them."""
+
+    def __init__(self, name, tf32=False):
+        self.name, self.impls, self.tf32 = name, {}, tf32
+        self.device = "cuda" if name in ("cupy", "torch-cuda") else "cpu"
+        if name == "torch-cpu" or name == "torch-cuda":
+            import torch
+            self.torch = torch
+            if name == "torch-cuda":
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                torch.backends.cudnn.allow_tf32 = tf32
+        if name == "cupy" and not tf32:
+            os.environ.pop("CUPY_TF32", None)
+
+    # -- info
+    def info(self):
+        out = {"worker": self.name, "pid": os.getpid()}
+        try:
+            from threadpoolctl import threadpool_info
+            import numpy
+            out["numpy"] = numpy.__version__
+            out["threadpools"] = [{k: v for k, v in pool.items() if k != "filepath"}
+                                  for pool in threadpool_info()]
+        except ImportError:
+            pass
+        if self.name.startswith("torch"):
+            torch = self.torch
+            out["torch"] = torch.__version__
+            out["torch_threads"] = torch.get_num_threads()
+            out["torch_blas"] = next((line.strip().lstrip("- ") for line in torch.__config__.show().splitlines()
+                                      if "Math Kernel" in line or "OpenBLAS" in line), None)
+            out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+            if self.name == "torch-cuda":
+                out["gpu"] = torch.cuda.get_device_name()
+                out["tf32"] = torch.backends.cuda.matmul.allow_tf32
+        if self.name == "cupy":
+            import cupy
+            out["cupy"] = cupy.__version__
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            out["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            out["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        return out
+
+    # -- setup
+    def setup(self, N, warmup):
+        import numpy as np
+        host_x = synthetic_data(N, seed=N)
+        self.impls = {}
+        if self.name in ("numpy", "cupy"):
+            import minivae
+            model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
+                                backend=self.name, seed=0)
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3))
+            x = model.backend.to_device(host_x)
+            xp = model.xp
+            self.acc = xp.zeros((), dtype=np.float32)
+
+            def run_minivae():
+                terms = step(x)
+                self.acc += terms.loss   # accumulate on the device: no host sync per step
+            self.impls[f"minivae-{self.name}"] = run_minivae
+            self.impls[f"gemm-{self.name}"] = GemmFloor(self.name, N)
+            self.sync = model.backend.synchronize
+            self.pool_bytes = ((lambda: xp.get_default_memory_pool().total_bytes())
+                               if self.name == "cupy" else (lambda: None))
+        else:
+            torch = self.torch
+            device = "cuda" if self.name == "torch-cuda" else "cpu"
+            net = TorchVAE(device)
+            x = torch.from_numpy(host_x).to(device)
+            self.acc = torch.zeros((), device=device)
+
+            def run_torch():
+                self.acc += net(x)
+            self.impls[self.name] = run_torch
+            self.impls[f"gemm-{self.name}"] = GemmFloor("torch", N, device=device)
+            self.sync = (torch.cuda.synchronize if device == "cuda" else (lambda: None))
+            self.pool_bytes = ((lambda: torch.cuda.max_memory_reserved()) if device == "cuda"
+                               else (lambda: None))
+        estimates = {}
+        for impl, fn in self.impls.items():
+            for _ in range(warmup):   # kernel compilation, CUDA context, first-touch of buffers
+                fn()
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            estimates[impl] = time.perf_counter() - t0
+        return estimates
+
+    # -- timing
+    def time(self, impl, steps):
+        """Time ``steps`` steps after a few untimed ones: a block starts after a pause, in which
+        the allocator may have returned memory and the thread pools gone to sleep; every
+        implementation gets its steady state back before the clock starts."""
+        fn = self.impls[impl]
+        call_usage0, call_t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(max(2, steps // 10)):
+            fn()
+        self.sync()
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        self.sync()
+        elapsed = time.perf_counter() - t0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        faults = usage.ru_minflt - usage0.ru_minflt
+        # wall and CPU time of the whole call (warm-up included), to compare with the machine's
+        # busy time over the same call (see other_load)
+        call_cpu = (usage.ru_utime + usage.ru_stime) - (call_usage0.ru_utime + call_usage0.ru_stime)
+        return {"seconds_per_step": elapsed / steps, "faults_per_step": faults / steps,
+                "seconds": time.perf_counter() - call_t0, "cpu_seconds": call_cpu,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "device_pool_bytes": self.pool_bytes()}
+
+    # -- one epoch over resident data
+    def epoch(self, batch_size, n_examples, warmup_batches=5):
+        import numpy as np
+        host_data = synthetic_data(n_examples, seed=1)
+        B = batch_size
+        n_batches = n_examples // B   # drop the ragged last batch, as both loops do
+        if self.name in ("numpy", "cupy"):
+            import minivae
+            model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
+                                backend=self.name, seed=0)
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3))
+            xp = model.xp
+            data = model.backend.to_device(host_data)          # resident on the device
+            batch = xp.empty((B, MODEL["input_dim"]), dtype=np.float32)
+            rng = model.backend.random(0)
+
+            def run_epoch(limit):
+                order = rng.permutation(n_examples)
+                total = xp.zeros((), dtype=np.float32)
+                for i in range(limit):
+                    xp.take(data, order[i * B:(i + 1) * B], axis=0, out=batch)
+                    total += step(batch).loss
+                return float(total) / limit   # the one host read of the epoch
+            sync = model.backend.synchronize
+        else:
+            torch = self.torch
+            device = "cuda" if self.name == "torch-cuda" else "cpu"
+            net = TorchVAE(device)
+            data = torch.from_numpy(host_data).to(device)
+            batch = torch.empty((B, MODEL["input_dim"]), device=device)
+
+            def run_epoch(limit):
+                order = torch.randperm(n_examples, device=device)
+                total = torch.zeros((), device=device)
+                for i in range(limit):
+                    torch.index_select(data, 0, order[i * B:(i + 1) * B], out=batch)
+                    total += net(batch)
+                return float(total) / limit
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        run_epoch(min(warmup_batches, n_batches))
+        sync()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        mean_loss = run_epoch(n_batches)
+        sync()
+        elapsed = time.perf_counter() - t0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        return {"seconds": elapsed, "batches": n_batches, "examples_per_second": n_batches * B / elapsed,
+                "faults_per_step": faults / n_batches, "mean_loss": mean_loss,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _worker_main(name, tf32, conn):
+    try:
+        worker = Worker(name, tf32)
+        conn.send(("ok", worker.info()))
+    except Exception as error:  # noqa: BLE001 - report any failure to the parent
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    while True:
+        command, args = conn.recv()
+        if command == "quit":
+            return
+        try:
+            conn.send(("ok", getattr(worker, command)(*args)))
+        except Exception as error:  # noqa: BLE001
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+class WorkerHandle:
+    def __init__(self, name, tf32=False):
+        context = multiprocessing.get_context("spawn")
+        self.name = name
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(name, tf32, child), daemon=True)
+        self.process.start()
+        status, self.info = self.conn.recv()
+        if status != "ok":
+            self.close()
+            raise RuntimeError(f"worker {name}: {self.info}")
+
+    def call(self, command, *args):
+        self.conn.send((command, args))
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"worker {self.name}.{command}: {value}")
+        return value
+
+    def close(self):
+        try:
+            self.conn.send(("quit", ()))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def available_workers(requested):
+    """The workers that can run here, and why the others cannot."""
+    from minivae.backend import cupy_gpu_available
+    names, skipped = [], {}
+    for name in requested:
+        if name == "cupy" and not cupy_gpu_available():
+            skipped[name] = "no usable CUDA GPU (cupy.cuda.is_available() is False)"
+            continue
+        if name.startswith("torch"):
+            try:
+                import importlib.util
+                if importlib.util.find_spec("torch") is None:
+                    skipped[name] = "PyTorch is not installed (pip install torch==2.13.0)"
+                    continue
+            except ImportError:
+                skipped[name] = "PyTorch is not installed"
+                continue
+            if name == "torch-cuda":
+                import torch
+                if not torch.cuda.is_available():
+                    skipped[name] = "PyTorch has no CUDA device here"
+                    continue
+        names.append(name)
+    return names, skipped
+
+
+def busy_cpu_seconds():
+    """CPU seconds spent by everything on the machine so far (all CPUs, not idle), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(busy_before, busy_after, block):
+    """The share of the machine's CPUs used by *other* processes during a timed block: the
+    machine's busy CPU time minus the worker's own, over wall time x CPUs. None if unknown."""
+    if busy_before is None or busy_after is None:
+        return None
+    others = (busy_after - busy_before) - block["cpu_seconds"]
+    return max(0.0, others) / (block["seconds"] * (os.cpu_count() or 1))
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def quartiles(values):
+    values = sorted(values)
+    q = lambda f: values[min(len(values) - 1, max(0, int(round(f * (len(values) - 1)))))]  # noqa: E731
+    return q(0.25), q(0.75)
+
+
+def fmt_ms(seconds):
+    return "—" if seconds is None else (f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.2f}")
+
+
+def fmt_ratio(value):
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"

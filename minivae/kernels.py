@@ -1,0 +1,478 @@
+"""The fused elementwise kernels of the fast training step, written twice: as array operations and
+as CUDA source.
+
+The fast step (:mod:`minivae.engine`) spends its time in the matrix products and in a handful of
+elementwise passes: bias + activation, the activation's derivative, the reparameterization with the
+KL term, the reconstruction loss with its gradient, and the optimizer update. Each pass is a
+*kernel* here, with one formula and two implementations:
+
+* :class:`ArrayKernels` — in-place array operations (``out=`` everywhere, no allocation) for NumPy
+  and for the strict CuPy stand-in. They are also the CPU reference of the CUDA kernels: the tests
+  check them against the readable ops of :mod:`minivae.layers`, :mod:`minivae.likelihoods` and
+  :mod:`minivae.gaussian`, and check that the CUDA sources compile (NVRTC, no GPU needed).
+* :class:`CupyKernels` — the same formulas as CUDA source, one launch per pass
+  (``cupy.ElementwiseKernel``), selected when the backend is CuPy. Every source is listed in
+  :data:`CUDA_KERNELS` so that a test can compile it with NVRTC on a machine without a GPU.
+
+The formulas (``l`` logits, ``x`` data, ``s`` a scale, ``e = exp(-|l|)``):
+
+    BCE      nll = max(l, 0) + log1p(e) - x l        dl = s (sigma(l) - x)
+             sigma(l) = exp(min(l, 0)) / (1 + e)   (1/(1+e) for l >= 0, e/(1+e) for l < 0: no overflow)
+    Gaussian nll = r^2 / (2 var),  r = mean - x      dmean = s r / var        (fixed variance)
+    reparam  sigma = exp(logvar / 2),  z = mu + sigma eps
+    KL       kl = (mu^2 + exp(logvar) - logvar - 1) / 2
+             dmu = sum_l dz + c mu,  dlogvar = sigma/2 sum_l dz eps + c (exp(logvar) - 1) / 2
+    Adam     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+             p <- p - a m / (sqrt(v) + eps sqrt(1 - b2^t)),  a = lr sqrt(1 - b2^t) / (1 - b1^t)
+
+(the Adam line is PyTorch's ``m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` with the bias correction
+multiplied through: one fewer pass, equal up to rounding.)
+
+Scalars are Python floats: NumPy 2 keeps float32 arrays float32 then.
+"""
+from __future__ import annotations
+
+LEAKY_RELU_SLOPE = 0.01  # the default of minivae.layers.leaky_relu_forward
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+# activations whose derivative needs the pre-activation; the others use their output
+NEEDS_PREACTIVATION = ("leaky_relu", "softplus")
+# Entries per cache block of the BCE passes (3 float32 buffers: 384 KiB, in L2). Measured on the
+# 2-core EPYC at batch 2048: 5.5 ms blocked against 6.0 ms unblocked; sharing the blocks between
+# two threads (``ArrayKernels(xp, threads=2)``) gained nothing there (memory-bound), so the default
+# is one thread, which also never competes with OpenBLAS's spinning threads.
+BLOCK = 32768
+
+_executor = None
+
+
+def _pool():
+    """One worker thread, created on first use; the calling thread is the other one."""
+    global _executor
+    if _executor is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivae")
+    return _executor
+
+
+class ArrayKernels:
+    """The kernels as in-place array operations, for NumPy and the strict stand-in.
+
+    Every method writes into the buffers it is given and allocates nothing but the 0-d results of
+    reductions. ``tmp`` arguments are scratch buffers of the same shape as the data.
+    """
+
+    def __init__(self, xp, threads=1):
+        self.xp = xp
+        self.threads = threads
+
+    # --- bias + activation ----------------------------------------------------------------------
+    def bias_activation(self, pre, b, activation, out, tmp):
+        """pre += b; out = act(pre). ``out`` may be ``pre`` unless the backward needs ``pre``."""
+        xp = self.xp
+        pre += b
+        if activation == "relu":  # (x + |x|) / 2: exact, and cheaper than maximum(x, 0) in NumPy
+            xp.abs(pre, out=tmp)
+            xp.add(pre, tmp, out=out)
+            out *= 0.5
+        elif activation == "tanh":
+            xp.tanh(pre, out=out)
+        elif activation == "sigmoid":
+            self.sigmoid(pre, out, tmp)
+        elif activation == "leaky_relu":  # max(x, slope x): x for x > 0, slope x otherwise
+            xp.multiply(pre, LEAKY_RELU_SLOPE, out=tmp)
+            xp.maximum(pre, tmp, out=out)
+        elif activation == "softplus":  # max(x, 0) + log1p(exp(-|x|))
+            xp.abs(pre, out=tmp)
+            xp.negative(tmp, out=tmp)
+            xp.exp(tmp, out=tmp)
+            xp.log1p(tmp, out=tmp)
+            xp.maximum(pre, 0.0, out=out)
+            out += tmp
+        else:
+            raise ValueError(f"no kernel for activation {activation!r}")
+        return out
+
+    def activation_backward(self, dh, activation, out, pre, tmp, tmp2):
+        """dh *= act'(x), from the saved output ``out`` (or the pre-activation ``pre``)."""
+        xp = self.xp
+        if activation == "relu":  # [out > 0]: 1 where x > 0, 0 where the unit is off
+            xp.greater(out, 0.0, out=tmp)
+        elif activation == "tanh":  # 1 - tanh(x)^2
+            xp.multiply(out, out, out=tmp)
+            xp.subtract(1.0, tmp, out=tmp)
+        elif activation == "sigmoid":  # s (1 - s)
+            xp.subtract(1.0, out, out=tmp)
+            tmp *= out
+        elif activation == "leaky_relu":  # 1 where x > 0, slope elsewhere
+            xp.greater(pre, 0.0, out=tmp)
+            tmp *= 1.0 - LEAKY_RELU_SLOPE
+            tmp += LEAKY_RELU_SLOPE
+        elif activation == "softplus":  # sigma(x)
+            self.sigmoid(pre, tmp, tmp2)
+        else:
+            raise ValueError(f"no kernel for activation {activation!r}")
+        dh *= tmp
+        return dh
+
+    def sigmoid(self, x, out, tmp):
+        """out = exp(min(x, 0)) / (1 + exp(-|x|)): 1/(1+e) for x >= 0 and e/(1+e) for x < 0.
+
+        ``out`` may be ``x`` (the numerator is taken first)."""
+        xp = self.xp
+        xp.minimum(x, 0.0, out=tmp)
+        xp.exp(tmp, out=tmp)
+        xp.abs(x, out=out)
+        xp.negative(out, out=out)
+        xp.exp(out, out=out)
+        out += 1.0
+        xp.divide(tmp, out, out=out)
+        return out
+
+    # --- reparameterization and KL --------------------------------------------------------------
+    def reparameterize_kl(self, mu, logvar, eps, z, sigma, tmp):
+        """sigma = exp(logvar / 2); z = mu + sigma eps; returns sum_n KL_n as a 0-d array.
+
+        mu, logvar, sigma, tmp (N, K); eps, z (L, N, K)."""
+        xp = self.xp
+        xp.multiply(logvar, 0.5, out=sigma)
+        xp.exp(sigma, out=sigma)
+        xp.multiply(eps, sigma, out=z)
+        z += mu
+        xp.exp(logvar, out=tmp)            # variance
+        tmp -= logvar
+        tmp -= 1.0
+        kl_sum = xp.sum(tmp)
+        xp.multiply(mu, mu, out=tmp)
+        kl_sum += xp.sum(tmp)
+        return kl_sum * 0.5
+
+    def reparameterize_kl_backward(self, dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp):
+        """dmu = sum_l dz + c mu;  dlogvar = sigma/2 sum_l dz eps + c (exp(logvar) - 1)/2.
+
+        dz, eps (L, N, K); the rest (N, K); ``c`` = beta / N, the KL term's weight per example."""
+        xp = self.xp
+        xp.sum(dz, axis=0, out=dmu)
+        xp.multiply(dz[0], eps[0], out=dlogvar)
+        for l in range(1, dz.shape[0]):
+            xp.multiply(dz[l], eps[l], out=tmp)
+            dlogvar += tmp
+        dlogvar *= sigma
+        dlogvar *= 0.5
+        xp.multiply(mu, c, out=tmp)
+        dmu += tmp
+        xp.exp(logvar, out=tmp)
+        tmp -= 1.0
+        tmp *= 0.5 * c
+        dlogvar += tmp
+
+    # --- reconstruction losses ------------------------------------------------------------------
+    def bernoulli(self, logits, x, scale, tmp, tmp2):
+        """Sum of BCE over all entries (0-d); overwrites ``logits`` with scale * (sigma(l) - x).
+
+        logits, tmp, tmp2 (M, D) where M = L N; x (N, D) is matched to each of the L row blocks.
+        The rows are cut into blocks of about :data:`BLOCK` entries that stay in the L2 cache for
+        all the passes of :meth:`bernoulli_block`; on NumPy the blocks are shared between two
+        threads (NumPy releases the GIL in its loops). The partial sums are added in block order,
+        so the result does not depend on the threads."""
+        N, D = x.shape
+        rows = max(1, BLOCK // D) if N * D > 4 * BLOCK else N   # small batches: one block per sample
+        tasks = [(sample * N + r0, r0, min(r0 + rows, N))
+                 for sample in range(logits.shape[0] // N) for r0 in range(0, N, rows)]
+        threads = self.threads if len(tasks) >= 2 and logits.shape[0] >= 2 * rows else 1
+        scratch = [(tmp.reshape(-1)[k * rows * D:(k + 1) * rows * D],
+                    tmp2.reshape(-1)[k * rows * D:(k + 1) * rows * D]) for k in range(threads)]
+
+        def run(part, task_list):
+            a_flat, num_flat = scratch[part]
+            partials = []
+            for start, r0, r1 in task_list:
+                n = r1 - r0
+                partials.append(self.bernoulli_block(
+                    logits[start:start + n], x[r0:r1], scale,
+                    a_flat[:n * D].reshape(n, D), num_flat[:n * D].reshape(n, D)))
+            return partials
+        if threads == 1:
+            partials = run(0, tasks)
+        else:
+            half = (len(tasks) + 1) // 2
+            future = _pool().submit(run, 1, tasks[half:])
+            partials = run(0, tasks[:half]) + future.result()
+        total = partials[0]
+        for partial in partials[1:]:
+            total = total + partial
+        return total
+
+    def bernoulli_block(self, logits, x, scale, a, num):
+        """BCE summed over a block of rows (0-d), ``logits`` overwritten by its gradient. Ten
+        passes: max(l, 0) is (l + |l|)/2 and exp(min(l, 0)) is exp((l - |l|)/2), both exact and
+        cheaper than maximum/minimum; one exp(-|l|) serves the loss and the gradient."""
+        xp = self.xp
+        xp.abs(logits, out=a)
+        xp.add(logits, a, out=num)                         # 2 max(l, 0)
+        total = xp.sum(num) * 0.5
+        total -= xp.dot(x.reshape(-1), logits.reshape(-1))     # - sum x l
+        xp.subtract(logits, a, out=num)                    # 2 min(l, 0)
+        num *= 0.5
+        xp.exp(num, out=num)                               # sigma's numerator: 1 (l >= 0) or e (l < 0)
+        xp.negative(a, out=a)
+        xp.exp(a, out=a)                                   # e = exp(-|l|)
+        xp.log1p(a, out=logits)                            # (the logits are not needed any more)
+        total += xp.sum(logits)
+        a += 1.0
+        xp.divide(num, a, out=logits)                      # sigma(l)
+        logits -= x
+        logits *= scale
+        return total
+
+    def gaussian_fixed(self, mean, x, scale, tmp):
+        """Sum of r^2 (0-d) with r = mean - x; overwrites ``mean`` with scale * r.
+
+        mean (M, D), x (N, D) matched to each of the L row blocks."""
+        xp = self.xp
+        N = x.shape[0]
+        for start in range(0, mean.shape[0], N):
+            mean[start:start + N] -= x
+        r_flat = mean.reshape(-1)
+        total = xp.dot(r_flat, r_flat)
+        mean *= scale
+        return total
+
+    def gaussian_learned(self, mean, x, logvar, scale, dlogvar, tmp, row):
+        """Sum of r^2 exp(-logvar) (0-d); overwrites ``mean`` with scale r exp(-logvar) and writes
+        dlogvar = scale/2 sum_rows (1 - r^2 exp(-logvar)). ``row``: a (D,) scratch vector."""
+        xp = self.xp
+        N, M = x.shape[0], mean.shape[0]
+        for start in range(0, M, N):
+            mean[start:start + N] -= x
+        xp.multiply(mean, mean, out=tmp)
+        xp.sum(tmp, axis=0, out=dlogvar)                   # sum_rows r^2
+        xp.negative(logvar, out=row)
+        xp.exp(row, out=row)                               # precision exp(-logvar)
+        dlogvar *= row
+        total = xp.sum(dlogvar)
+        xp.subtract(float(M), dlogvar, out=dlogvar)
+        dlogvar *= 0.5 * scale
+        row *= scale
+        mean *= row
+        return total
+
+    def bias_grad(self, dout, db):
+        """db = sum over rows of dout."""
+        self.xp.sum(dout, axis=0, out=db)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA: the same formulas, one kernel per pass. Each entry is a cupy.ElementwiseKernel:
+# (input params, output params, body). ``T`` is float or double; outputs are read-write references;
+# ``i`` is the element index and ``raw`` params are indexed by hand (contiguous buffers).
+CUDA_KERNELS = {
+    "bias_relu": ("T b", "T h", "h = fmax(h + b, (T)0);"),
+    "bias_tanh": ("T b", "T h", "h = tanh(h + b);"),
+    "bias_sigmoid": ("T b", "T h",
+                     "T x = h + b; T e = exp(-fabs(x)); h = (x >= (T)0 ? (T)1 : e) / ((T)1 + e);"),
+    "bias_leaky_relu": ("T b, T slope", "T pre, T h",
+                        "pre = pre + b; h = pre > (T)0 ? pre : slope * pre;"),
+    "bias_softplus": ("T b", "T pre, T h",
+                      "pre = pre + b; h = fmax(pre, (T)0) + log1p(exp(-fabs(pre)));"),
+    "relu_backward": ("T h", "T dh", "dh = h > (T)0 ? dh : (T)0;"),
+    "tanh_backward": ("T h", "T dh", "dh = dh * ((T)1 - h * h);"),
+    "sigmoid_backward": ("T h", "T dh", "dh = dh * h * ((T)1 - h);"),
+    "leaky_relu_backward": ("T pre, T slope", "T dh", "dh = pre > (T)0 ? dh : slope * dh;"),
+    "softplus_backward": ("T pre", "T dh",
+                          "T e = exp(-fabs(pre)); dh = dh * (pre >= (T)0 ? (T)1 : e) / ((T)1 + e);"),
+    # over (N, K); the L samples of eps and z are (L, N, K) contiguous: sample l at l * NK + i
+    "reparameterize_kl": (
+        "T mu, T logvar, raw T eps, int32 L, int32 NK", "T kl, raw T z",
+        "T sigma = exp(logvar * (T)0.5);"
+        " for (int l = 0; l < L; ++l) z[l * NK + i] = mu + sigma * eps[l * NK + i];"
+        " kl = (T)0.5 * (mu * mu + exp(logvar) - logvar - (T)1);"),
+    "reparameterize_kl_backward": (
+        "T mu, T logvar, raw T dz, raw T eps, int32 L, int32 NK, T c", "T dmu, T dlogvar",
+        "T sum_dz = 0, sum_dz_eps = 0;"
+        " for (int l = 0; l < L; ++l) { T d = dz[l * NK + i]; sum_dz += d; sum_dz_eps += d * eps[l * NK + i]; }"
+        " T sigma = exp(logvar * (T)0.5);"
+        " dmu = sum_dz + c * mu;"
+        " dlogvar = (T)0.5 * sigma * sum_dz_eps + (T)0.5 * c * (exp(logvar) - (T)1);"),
+    # BCE and its gradient from one exp(-|l|); x broadcasts over the L samples
+    "bernoulli": ("T x, T scale", "T l, T nll",
+                  "T e = exp(-fabs(l));"
+                  " nll = fmax(l, (T)0) + log1p(e) - x * l;"
+                  " l = scale * ((l >= (T)0 ? (T)1 : e) / ((T)1 + e) - x);"),
+    "gaussian_fixed": ("T x, T scale", "T r, T sq", "r = r - x; sq = r * r; r = scale * r;"),
+    "adam": ("T g, T one_minus_beta1, T beta2, T one_minus_beta2, T step_size, T eps_hat",
+             "T p, T m, T v",
+             "m = m + one_minus_beta1 * (g - m);"
+             " v = beta2 * v + one_minus_beta2 * (g * g);"
+             " p = p - step_size * m / (sqrt(v) + eps_hat);"),
+    "sgd": ("T g, T lr", "T p", "p = p - lr * g;"),
+    "sgd_momentum": ("T g, T lr, T momentum, T nesterov", "T p, T velocity",
+                     "velocity = momentum * velocity + g;"
+                     " p = p - lr * (nesterov != (T)0 ? g + momentum * velocity : velocity);"),
+}
+
+
+def _params(spec):
+    """'T x, raw T y, int32 L' -> [(type, name, raw), ...]."""
+    out = []
+    for item in (p.strip() for p in spec.split(",") if p.strip()):
+        words = item.split()
+        raw = words[0] == "raw"
+        out.append((words[-2], words[-1], raw))
+    return out
+
+
+def standalone_source(name, dtype="float", host=False):
+    """The kernel ``name`` as a self-contained ``extern "C"`` function: a ``__global__`` CUDA
+    kernel (``host=False``, for compiling with NVRTC as CuPy would compile the body), or a plain
+    C++ loop over ``i`` (``host=True``) that a test compiles for the CPU and runs on NumPy arrays.
+
+    Every non-raw array parameter is a contiguous pointer indexed by ``i`` (pass broadcast arrays
+    expanded); scalars (``T`` or ``int32`` params called with a Python number) are passed by value
+    when ``scalars`` names them: here every param whose name is in the kernel's scalar list."""
+    in_params, out_params, body = CUDA_KERNELS[name]
+    scalars = SCALAR_PARAMS.get(name, ())
+    types = {"T": "T", "int32": "int"}
+    args, bind = [], []
+    for kind, (ctype, pname, raw) in [("in", p) for p in _params(in_params)] + \
+            [("out", p) for p in _params(out_params)]:
+        t = types[ctype]
+        if pname in scalars:
+            args.append(f"const {t} {pname}")
+        elif raw:
+            args.append(f"{'const ' if kind == 'in' else ''}{t}* {pname}")
+        else:
+            args.append(f"{'const ' if kind == 'in' else ''}{t}* _{pname}")
+            bind.append(f"const {t} {pname} = _{pname}[i];" if kind == "in"
+                        else f"{t}& {pname} = _{pname}[i];")
+    args.append("long long n")
+    lines = [f"typedef {dtype} T;"]
+    if host:
+        lines += ["#include <cmath>", "using std::exp; using std::fabs; using std::fmax; "
+                  "using std::log1p; using std::sqrt; using std::tanh;",
+                  f'extern "C" void {name}({", ".join(args)}) {{',
+                  "  for (long long i = 0; i < n; ++i) {"]
+    else:
+        lines += [f'extern "C" __global__ void {name}({", ".join(args)}) {{',
+                  "  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+                  "  if (i < n) {"]
+    lines += ["    " + b for b in bind] + [f"    {body}", "  }", "}"]
+    return "\n".join(lines)
+
+
+def host_library_source(dtype="double"):
+    """Every kernel as a plain C++ function in one translation unit, for checking the CUDA
+    formulas on the CPU (see ``tests/test_kernels.py``)."""
+    parts = []
+    for i, name in enumerate(CUDA_KERNELS):
+        lines = standalone_source(name, dtype, host=True).split("\n")
+        parts.append("\n".join(lines if i == 0 else lines[3:]))
+    return "\n".join(parts) + "\n"
+
+
+# the parameters each kernel receives as Python scalars (all others are arrays)
+SCALAR_PARAMS = {
+    "bias_leaky_relu": ("slope",), "leaky_relu_backward": ("slope",),
+    "reparameterize_kl": ("L", "NK"), "reparameterize_kl_backward": ("L", "NK", "c"),
+    "bernoulli": ("scale",), "gaussian_fixed": ("scale",),
+    "adam": ("one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps_hat"),
+    "sgd": ("lr",), "sgd_momentum": ("lr", "momentum", "nesterov"),
+}
+
+
+def _int32(value):
+    import numpy
+    return numpy.int32(value)
+
+
+class CupyKernels(ArrayKernels):
+    """The kernels as fused CUDA kernels (``cupy.ElementwiseKernel``), compiled on first use.
+
+    Bias + activation, the activation's derivative, reparameterization + KL (forward and backward),
+    BCE + gradient, Gaussian (fixed variance) + gradient, Adam and SGD are one launch each (plus a
+    CUB sum where a loss is reduced). The Gaussian with a learned variance uses the array
+    operations of :class:`ArrayKernels` (several launches; still no host synchronisation)."""
+
+    def __init__(self, xp):
+        super().__init__(xp)
+        self._compiled = {}
+
+    def kernel(self, name):
+        if name not in self._compiled:
+            in_params, out_params, body = CUDA_KERNELS[name]
+            self._compiled[name] = self.xp.ElementwiseKernel(in_params, out_params, body,
+                                                             f"minivae_{name}")
+        return self._compiled[name]
+
+    @staticmethod
+    def _scalar(value, like):
+        """A Python number as a scalar of ``like``'s dtype (what the kernel's ``T`` binds to)."""
+        return like.dtype.type(value)
+
+    def bias_activation(self, pre, b, activation, out, tmp):
+        if activation == "leaky_relu":
+            self.kernel("bias_leaky_relu")(b, self._scalar(LEAKY_RELU_SLOPE, b), pre, out)
+        elif activation == "softplus":
+            self.kernel("bias_softplus")(b, pre, out)
+        else:   # out is pre
+            self.kernel(f"bias_{activation}")(b, out)
+        return out
+
+    def activation_backward(self, dh, activation, out, pre, tmp, tmp2):
+        if activation == "leaky_relu":
+            self.kernel("leaky_relu_backward")(pre, self._scalar(LEAKY_RELU_SLOPE, dh), dh)
+        elif activation == "softplus":
+            self.kernel("softplus_backward")(pre, dh)
+        else:
+            self.kernel(f"{activation}_backward")(out, dh)
+        return dh
+
+    def reparameterize_kl(self, mu, logvar, eps, z, sigma, tmp):
+        L, N, K = eps.shape
+        eps = self.xp.ascontiguousarray(eps)   # indexed as raw memory (a no-op for drawn noise)
+        self.kernel("reparameterize_kl")(mu, logvar, eps, _int32(L), _int32(N * K), tmp, z)
+        return self.xp.sum(tmp)
+
+    def reparameterize_kl_backward(self, dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp):
+        L, N, K = eps.shape
+        eps = self.xp.ascontiguousarray(eps)
+        self.kernel("reparameterize_kl_backward")(mu, logvar, dz, eps, _int32(L), _int32(N * K),
+                                                  self._scalar(c, mu), dmu, dlogvar)
+
+    def bernoulli(self, logits, x, scale, tmp, tmp2):
+        N, D = x.shape
+        L = logits.shape[0] // N
+        self.kernel("bernoulli")(x, self._scalar(scale, x), logits.reshape(L, N, D), tmp.reshape(L, N, D))
+        return self.xp.sum(tmp)
+
+    def gaussian_fixed(self, mean, x, scale, tmp):
+        N, D = x.shape
+        L = mean.shape[0] // N
+        self.kernel("gaussian_fixed")(x, self._scalar(scale, x), mean.reshape(L, N, D), tmp.reshape(L, N, D))
+        return self.xp.sum(tmp)
+
+    def adam(self, g, one_minus_beta1, one_minus_beta2, step_size, eps_hat, p, m, v):
+        t = g.dtype.type
+        self.kernel("adam")(g, t(one_minus_beta1), t(1.0 - one_minus_beta2), t(one_minus_beta2),
+                            t(step_size), t(eps_hat), p, m, v)
+
+    def sgd(self, g, lr, p):
+        self.kernel("sgd")(g, g.dtype.type(lr), p)
+
+    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity):
+        t = g.dtype.type
+        self.kernel("sgd_momentum")(g, t(lr), t(momentum), t(nesterov), p, velocity)
+
+
+_kernels = {}
+
+
+def get_kernels(backend):
+    """The kernels for ``backend``: fused CUDA kernels on CuPy, array operations elsewhere."""
+    if backend.name not in _kernels:
+        if backend.name == "cupy":
+            _kernels[backend.name] = CupyKernels(backend.xp)
+        else:
+            # one thread: on the 2-core benchmark machine two threads did not help (see BLOCK)
+            _kernels[backend.name] = ArrayKernels(backend.xp)
+    return _kernels[backend.name]
