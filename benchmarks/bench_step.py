@@ -223,7 +223,6 @@ def plot(record, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = record["results"]
-    batches = [r["batch"] for r in rows]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"minivae-numpy": ("C0", "-", "o"), "torch-cpu": ("C1", "-", "s"),
               "gemm-numpy": ("C0", ":", None), "gemm-torch-cpu": ("C1", ":", None),

@@ -9,7 +9,6 @@
    ``forward_backward`` and the reference optimizer updates.
 """
 import ctypes
-import os
 import shutil
 import subprocess
 
@@ -18,7 +17,6 @@ import pytest
 
 import minivae
 from minivae import kernels as K
-from minivae.engine import FusedStep
 from minivae.gaussian import (kl_standard_normal, kl_standard_normal_backward, reparameterize,
                               reparameterize_backward)
 from minivae.layers import get_activation

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import minivae
-from minivae.params import Parameters
 from minivae.step import TrainStep
 
 ARCHITECTURES = [
