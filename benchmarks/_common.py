@@ -185,11 +185,10 @@ class Worker:
 
     # -- info
     def info(self):
-        out = {"worker": self.name, "pid": os.getpid()}
+        import numpy
+        out = {"worker": self.name, "pid": os.getpid(), "numpy": numpy.__version__}
         try:
             from threadpoolctl import threadpool_info
-            import numpy
-            out["numpy"] = numpy.__version__
             out["threadpools"] = [{k: v for k, v in pool.items() if k != "filepath"}
                                   for pool in threadpool_info()]
         except ImportError:
