@@ -141,12 +141,10 @@ def encoder_parameter_count(model) -> int:
 def encoder_backward(model, x, dmu, dlogvar):
     """Backpropagate given dmu, dlogvar (N, K) through the encoder for the batch x (N, D).
 
-    Returns ``{name: gradient}`` for the encoder's parameters: sum_n J_n^T (dmu_n, dlogvar_n).
-    (The public hook that ``VAE`` does not have yet; it wraps ``VAE._encoder_backward``.)
+    Returns ``{name: gradient}`` for the encoder's parameters: sum_n J_n^T (dmu_n, dlogvar_n)
+    (:meth:`VAE.encoder_backward`, restricted to the encoder's names).
     """
-    _, _, cache = model._encoder_forward(x)
-    grads = model.zeros_like_params()
-    model._encoder_backward(dmu, dlogvar, cache, grads)
+    grads = model.encoder_backward(x, dmu, dlogvar)
     return {name: grads[name] for name in encoder_parameter_names(model)}
 
 
@@ -154,8 +152,8 @@ def encoder_jacobian(model, x):
     """J (N, 2K, P): row a of J[n] is the gradient of head output a of example n, (mu_n, logvar_n)[a],
     with respect to the P encoder parameters flattened in storage order.
 
-    Built with 2K backward passes per example (a one-hot dmu or dlogvar each), reusing
-    ``VAE._encoder_backward``; then grad_phi = J^T (dmu, dlogvar) for any head gradient.
+    Built with 2K backward passes per example (a one-hot dmu or dlogvar each), with
+    :meth:`VAE.encoder_backward`; then grad_phi = J^T (dmu, dlogvar) for any head gradient.
     """
     x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
     xp, K = model.xp, model.latent_dim

@@ -267,6 +267,19 @@ class VAE:
         z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
         return self.decode_mean(z)
 
+    def encoder_backward(self, x, dmu, dlogvar):
+        """Backpropagate head gradients through the encoder: ``sum_n J_n^T (dmu_n, dlogvar_n)``.
+
+        For studying gradient estimators: any estimator of dLoss/d(mu, logvar) becomes an estimator
+        of the encoder's parameter gradients. x (N, D), dmu and dlogvar (N, K) -> a
+        :class:`Parameters` of gradients, zero outside the encoder.
+        """
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        _, _, cache = self._encoder_forward(x)
+        grads = self.zeros_like_params()
+        self._encoder_backward(dmu, dlogvar, cache, grads)
+        return grads
+
     def draw_eps(self, batch_size, n_samples=1):
         """Fresh noise eps ~ N(0, I) of shape (n_samples, batch_size, K), on the model's device."""
         return self.random.normal((n_samples, batch_size, self.latent_dim), self.dtype)
