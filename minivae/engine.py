@@ -88,33 +88,20 @@ class FusedStep:
         model, grads, k = self.model, self.grads, self.kernels
         xp, params = model.xp, model.params
         L, N, K = eps.shape
-        D, act = model.input_dim, model.activation
+        D = model.input_dim
         ws = self.workspace(N, L)
         M = L * N
 
         # --- encoder
-        h = x
-        for i in range(len(model.hidden_dims)):
-            pre, out = ws.enc_pre[i], ws.enc_out[i]
-            xp.matmul(h, params[f"encoder.{i}.W"], out=pre)
-            k.bias_activation(pre, params[f"encoder.{i}.b"], act, out, ws.tmp(0, pre.shape))
-            h = out
-        xp.matmul(h, params["encoder.head.W"], out=ws.head)
-        ws.head += params["encoder.head.b"]
+        self._network_forward(x, "encoder", "head", ws.enc_pre, ws.enc_out, ws.head, ws)
         mu, logvar = ws.head[:, :K], ws.head[:, K:]
 
         # --- latent: z = mu + sigma eps, KL
         kl_sum = k.reparameterize_kl(mu, logvar, eps, ws.z, ws.sigma, ws.tmp_k)
 
         # --- decoder
-        h = ws.z.reshape(M, K)
-        for i in range(len(model.decoder_hidden_dims)):
-            pre, out = ws.dec_pre[i], ws.dec_out[i]
-            xp.matmul(h, params[f"decoder.{i}.W"], out=pre)
-            k.bias_activation(pre, params[f"decoder.{i}.b"], act, out, ws.tmp(0, pre.shape))
-            h = out
-        xp.matmul(h, params["decoder.out.W"], out=ws.out)
-        ws.out += params["decoder.out.b"]
+        z = ws.z.reshape(M, K)
+        self._network_forward(z, "decoder", "out", ws.dec_pre, ws.dec_out, ws.out, ws)
 
         # --- reconstruction loss and its gradient (ws.out becomes dL/dout), scale 1/(L N)
         scale = 1.0 / M
@@ -131,21 +118,8 @@ class FusedStep:
             nll_sum = (0.5 / variance) * nll_sum + 0.5 * M * D * (LOG_2PI + math.log(variance))
         dout = ws.out
 
-        # --- decoder backward
-        n_dec = len(model.decoder_hidden_dims)
-        h_last = ws.dec_out[-1] if n_dec else ws.z.reshape(M, K)
-        xp.matmul(h_last.T, dout, out=grads["decoder.out.W"])
-        k.bias_grad(dout, grads["decoder.out.b"])
-        W = params["decoder.out.W"]
-        for i in reversed(range(n_dec)):
-            dh = ws.dh(i % 2, ws.dec_out[i].shape)
-            xp.matmul(dout, W.T, out=dh)
-            k.activation_backward(dh, act, ws.dec_out[i], ws.dec_pre[i],
-                                  ws.tmp(0, dh.shape), ws.tmp(1, dh.shape))
-            h_in = ws.dec_out[i - 1] if i > 0 else ws.z.reshape(M, K)
-            xp.matmul(h_in.T, dh, out=grads[f"decoder.{i}.W"])
-            k.bias_grad(dh, grads[f"decoder.{i}.b"])
-            dout, W = dh, params[f"decoder.{i}.W"]
+        # --- decoder backward, down to dL/dz
+        dout, W = self._network_backward(dout, z, "decoder", "out", ws.dec_pre, ws.dec_out, ws)
         xp.matmul(dout, W.T, out=ws.d_z.reshape(M, K))
 
         # --- latent backward: reparameterization + KL (weight beta / N per example)
@@ -153,19 +127,39 @@ class FusedStep:
                                      ws.d_head[:, :K], ws.d_head[:, K:], ws.tmp_k)
 
         # --- encoder backward (no dx for the first layer: x gets no gradient)
-        n_enc = len(model.hidden_dims)
-        h_last = ws.enc_out[-1] if n_enc else x
-        xp.matmul(h_last.T, ws.d_head, out=grads["encoder.head.W"])
-        k.bias_grad(ws.d_head, grads["encoder.head.b"])
-        dout, W = ws.d_head, params["encoder.head.W"]
-        for i in reversed(range(n_enc)):
-            dh = ws.dh(i % 2, ws.enc_out[i].shape)
-            xp.matmul(dout, W.T, out=dh)
-            k.activation_backward(dh, act, ws.enc_out[i], ws.enc_pre[i],
-                                  ws.tmp(0, dh.shape), ws.tmp(1, dh.shape))
-            h_in = ws.enc_out[i - 1] if i > 0 else x
-            xp.matmul(h_in.T, dh, out=grads[f"encoder.{i}.W"])
-            k.bias_grad(dh, grads[f"encoder.{i}.b"])
-            dout, W = dh, params[f"encoder.{i}.W"]
+        self._network_backward(ws.d_head, x, "encoder", "head", ws.enc_pre, ws.enc_out, ws)
 
         return nll_sum, kl_sum
+
+    def _network_forward(self, h, prefix, last, pres, outs, result, ws):
+        """Hidden layers ``{prefix}.{i}`` (bias + activation fused), then the affine layer
+        ``{prefix}.{last}`` into ``result``. ``pres``/``outs``: the workspace's layer buffers."""
+        model, k = self.model, self.kernels
+        xp, params = model.xp, model.params
+        for i, (pre, out) in enumerate(zip(pres, outs)):
+            xp.matmul(h, params[f"{prefix}.{i}.W"], out=pre)
+            k.bias_activation(pre, params[f"{prefix}.{i}.b"], model.activation, out, ws.tmp(0, pre.shape))
+            h = out
+        xp.matmul(h, params[f"{prefix}.{last}.W"], out=result)
+        result += params[f"{prefix}.{last}.b"]
+
+    def _network_backward(self, dout, inputs, prefix, last, pres, outs, ws):
+        """Gradients of every layer of the network fed with ``inputs``, from ``dout`` = dL/d(its
+        result). Returns (dL/d(first hidden layer's pre-activation), that layer's W) -- or
+        (dout, W of the last layer) without hidden layers -- so the caller may form dx = d W^T."""
+        model, grads, k = self.model, self.grads, self.kernels
+        xp, params = model.xp, model.params
+        h_last = outs[-1] if outs else inputs
+        xp.matmul(h_last.T, dout, out=grads[f"{prefix}.{last}.W"])
+        k.bias_grad(dout, grads[f"{prefix}.{last}.b"])
+        W = params[f"{prefix}.{last}.W"]
+        for i in reversed(range(len(outs))):
+            dh = ws.dh(i % 2, outs[i].shape)
+            xp.matmul(dout, W.T, out=dh)
+            k.activation_backward(dh, model.activation, outs[i], pres[i],
+                                  ws.tmp(0, dh.shape), ws.tmp(1, dh.shape))
+            h_in = outs[i - 1] if i > 0 else inputs
+            xp.matmul(h_in.T, dh, out=grads[f"{prefix}.{i}.W"])
+            k.bias_grad(dh, grads[f"{prefix}.{i}.b"])
+            dout, W = dh, params[f"{prefix}.{i}.W"]
+        return dout, W
