@@ -9,6 +9,8 @@ before the next block starts, and the frameworks take turns (their noise is shar
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
 import multiprocessing
 import os
@@ -446,3 +448,26 @@ def fmt_ms(seconds):
 
 def fmt_ratio(value):
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def new_record(benchmark, command, skipped, **details):
+    """The JSON record every benchmark writes: what ran, when, where, and under which load."""
+    return {"benchmark": benchmark, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "command": command, **details, "machine": cpu_description(), "env": env_vars(),
+            "load_average_before": load_average(), "skipped": skipped, "workers": {}, "results": []}
+
+
+@contextlib.contextmanager
+def open_workers(names, tf32, record):
+    """Start one worker process per framework (their info goes into ``record``), yield the handles
+    ``{name: WorkerHandle}``, and close them, recording the load average, however the run ends."""
+    handles = {}
+    try:
+        for name in names:
+            handles[name] = WorkerHandle(name, tf32=tf32)
+            record["workers"][name] = handles[name].info
+        yield handles
+    finally:
+        for handle in handles.values():
+            handle.close()
+        record["load_average_after"] = load_average()

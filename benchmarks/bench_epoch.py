@@ -13,7 +13,6 @@ epoch each, and the best epoch of each is reported (all of them are in the JSON)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -43,15 +42,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     names, skipped = common.available_workers(args.workers)
-    record = {"benchmark": "epoch", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "command": command_line(), "examples": args.examples, "machine": common.cpu_description(),
-              "env": common.env_vars(), "load_average_before": common.load_average(),
-              "skipped": skipped, "workers": {}, "results": []}
-    handles = {}
-    try:
-        for name in names:
-            handles[name] = common.WorkerHandle(name, tf32=args.tf32)
-            record["workers"][name] = handles[name].info
+    record = common.new_record("epoch", command_line(), skipped, examples=args.examples)
+    with common.open_workers(names, args.tf32, record) as handles:
         for B in args.batch_sizes:
             runs = {name: [] for name in handles}
             for r in range(args.repeats):   # the frameworks take turns, epoch by epoch
@@ -65,10 +57,6 @@ def main(argv=None):
                       f"({best['examples_per_second']:.0f} examples/s, "
                       f"{best['faults_per_step']:.0f} faults/step, loss {best['mean_loss']:.1f})",
                       flush=True)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    record["load_average_after"] = common.load_average()
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, args.name)
     with open(stem + ".json", "w") as f:

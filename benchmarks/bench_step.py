@@ -15,7 +15,6 @@ machine and the exact command), ``<name>.md`` (a table) and ``<name>.png`` (the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -61,22 +60,13 @@ def parse_args(argv=None):
 
 def run(args, argv_for_record):
     names, skipped = common.available_workers(args.workers)
-    record = {
-        "benchmark": "step", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "command": argv_for_record, "model": dict(common.MODEL, likelihood="bernoulli",
-                                                  activation="relu", dtype="float32",
-                                                  optimizer="Adam(lr=1e-3)"),
-        "machine": common.cpu_description(), "env": common.env_vars(),
-        "load_average_before": common.load_average(), "settings": {
-            k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
-                                          "smoke", "max_other_load", "max_retries")},
-        "skipped": skipped, "workers": {}, "results": [],
-    }
-    handles = {}
-    try:
-        for name in names:
-            handles[name] = common.WorkerHandle(name, tf32=args.tf32)
-            record["workers"][name] = handles[name].info
+    record = common.new_record(
+        "step", argv_for_record, skipped,
+        model=dict(common.MODEL, likelihood="bernoulli", activation="relu", dtype="float32",
+                   optimizer="Adam(lr=1e-3)"),
+        settings={k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
+                                                "smoke", "max_other_load", "max_retries")})
+    with common.open_workers(names, args.tf32, record) as handles:
         for N in args.batch_sizes:
             row = {"batch": N, "impls": {}}
             steps = {}
@@ -117,10 +107,6 @@ def run(args, argv_for_record):
             row["ratios"] = ratios(row["impls"])
             record["results"].append(row)
             print(summary_line(row), flush=True)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    record["load_average_after"] = common.load_average()
     return record
 
 
