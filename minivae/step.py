@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from minivae.engine import FusedStep
 from minivae.model import VAE, LossTerms
-from minivae.validation import InputError, check_array, check_data, check_eps
+from minivae.validation import check_data, check_eps, check_layout
 
 
 class TrainStep:
@@ -48,10 +48,7 @@ class TrainStep:
         if self.check_values:
             check_data(x, model, unit_interval=model.likelihood == "bernoulli")
         else:
-            check_array(x, model, "x")
-            if x.ndim != 2 or x.shape[1] != model.input_dim or x.shape[0] == 0:
-                raise InputError(f"x must have shape (N, {model.input_dim}) with N >= 1, "
-                                 f"got {tuple(x.shape)}")
+            check_layout(x, model)
         N = x.shape[0]
         if eps is None:
             eps = self._engine.workspace(N, self.n_samples).eps

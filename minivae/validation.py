@@ -38,18 +38,23 @@ def check_array(array, model, name):
                          f"cast it with {name}.astype('{model.dtype}') (no silent promotion)")
 
 
-def check_data(x, model, dim=None, name="x", unit_interval=False):
-    """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and [0, 1] if asked.
-
-    Costs two reductions (min and max): NaN propagates through both, so one comparison
-    catches NaN, Inf and out-of-range values; the exact culprit is found only on failure.
-    """
+def check_layout(x, model, dim=None, name="x"):
+    """The free checks (no pass over the values): backend, dtype, and shape (N >= 1, dim)."""
     dim = model.input_dim if dim is None else dim
     check_array(x, model, name)
     if x.ndim != 2 or x.shape[1] != dim:
         raise InputError(f"{name} must have shape (N, {dim}), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
+
+
+def check_data(x, model, dim=None, name="x", unit_interval=False):
+    """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and [0, 1] if asked.
+
+    Costs two reductions (min and max): NaN propagates through both, so one comparison
+    catches NaN, Inf and out-of-range values; the exact culprit is found only on failure.
+    """
+    check_layout(x, model, dim, name)
     xp = model.xp
     low, high = float(x.min()), float(x.max())
     lower, upper = (0.0, 1.0) if unit_interval else (-np.inf, np.inf)
