@@ -24,6 +24,21 @@ class Parameters(dict):
         self.flat = flat
         self.shapes = dict(shapes)
 
+    def range(self, prefix):
+        """(lo, hi): the entries of ``flat`` that hold the parameters named ``{prefix}.*`` (they
+        must be consecutive, as a network's parameters are)."""
+        spans, offset = [], 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            if name.startswith(prefix + "."):
+                spans.append((offset, offset + size))
+            offset += size
+        if not spans:
+            raise KeyError(f"no parameters named {prefix}.*")
+        if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+            raise ValueError(f"the parameters named {prefix}.* are not consecutive")
+        return spans[0][0], spans[-1][1]
+
 
 def flat_views(vector, like):
     """Views into ``vector`` with the names and shapes of the arrays in ``like`` (a dict)."""

@@ -78,20 +78,48 @@ def test_reparameterize_kl(backend, L):
 
 
 @pytest.mark.parametrize("L", [1, 2])
-@pytest.mark.parametrize("block", [K.BLOCK, 5])   # 5 entries: one row per block, many blocks
-def test_bernoulli(backend, L, block, monkeypatch):
+@pytest.mark.parametrize("N, block", [(30, K.BLOCK), (30, 7), (4, 5)])
+def test_bernoulli(backend, L, N, block, monkeypatch):
+    """One block, blocks of one row (7 entries each), and blocks too small for a product group
+    of :meth:`sum_log_products` (30 x 7 = 210 entries: 3 groups of 64 and a remainder of 18)."""
     monkeypatch.setattr(K, "BLOCK", block)
     xp = backend.xp
     k = K.ArrayKernels(xp)
-    (logits,) = arrays(backend, (L, 4, 6), scale=5.0)
-    x = backend.to_device(np.random.default_rng(2).uniform(size=(4, 6)))
+    (logits,) = arrays(backend, (L, N, 7), scale=5.0)
+    x = backend.to_device(np.random.default_rng(2).uniform(size=(N, 7)))
     nll_ref, cache = bernoulli_nll(logits, x)
-    scale = 1.0 / (L * 4)
-    dl_ref = bernoulli_nll_backward(xp.full((L, 4), scale), cache)
-    work = logits.reshape(L * 4, 6).copy()
+    scale = 1.0 / (L * N)
+    dl_ref = bernoulli_nll_backward(xp.full((L, N), scale), cache)
+    work = logits.reshape(L * N, 7).copy()
     total = k.bernoulli(work, x, scale, xp.zeros_like(work), xp.zeros_like(work))
     close(total, nll_ref.sum())
-    close(work, dl_ref.reshape(L * 4, 6))
+    close(work, dl_ref.reshape(L * N, 7))
+
+
+def test_bernoulli_float32_accuracy_on_an_mnist_sized_batch():
+    """float32, 256 x 784 logits of all sizes: the loss agrees with a float64 log1p reference to
+    float32 precision of the sum, and every gradient entry to float32 rounding."""
+    rng = np.random.default_rng(5)
+    logits = (6.0 * rng.standard_normal((256, 784))).astype(np.float32)
+    x = (rng.uniform(size=(256, 784)) < 0.3).astype(np.float32)
+    l64, x64 = logits.astype(np.float64), x.astype(np.float64)
+    nll64 = np.maximum(l64, 0) + np.log1p(np.exp(-np.abs(l64))) - x64 * l64
+    sigma64 = np.exp(np.minimum(l64, 0)) / (1 + np.exp(-np.abs(l64)))
+    work = logits.copy()
+    total = K.ArrayKernels(np).bernoulli(work, x, 1.0, np.empty_like(work), np.empty_like(work))
+    assert total.dtype == np.float32
+    assert abs(float(total) - nll64.sum()) <= 2e-6 * np.abs(nll64).sum()
+    np.testing.assert_allclose(work, sigma64 - x64, rtol=0, atol=2 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 1000])
+def test_sum_log_products_equals_sum_of_log1p(size):
+    """log of products of 64 factors 1 + e, e in [1e-300, 1]: the sum of log1p(e) to rounding,
+    the tiny e included (each contributes < 1.2e-16 that rounding of 1 + e may drop)."""
+    e = np.exp(-np.random.default_rng(size).uniform(0, 690, size=size))
+    expected = np.log1p(e).sum()
+    total = K.ArrayKernels(np).sum_log_products(1.0 + e, np.empty(size))
+    assert abs(total - expected) <= 4e-16 * size + 1e-15 * expected
 
 
 def test_bernoulli_extreme_logits_stay_finite(backend):
@@ -304,25 +332,8 @@ def test_cuda_optimizer_kernels_match_the_array_update(host_library, dtype, make
         g = Parameters(rng.standard_normal(50).astype(dtype), {"w": (50,)})
         opt_a.step(g)                                   # array (chunked) update
         opt_b.step_count += 1
-        opt_b._kernel_update(kernels, b.flat, g.flat, opt_b._step_scalars())
+        opt_b._kernel_update(kernels, b.flat, g.flat, opt_b.state, opt_b._step_scalars())
     tol = 1e-12 if dtype == "float64" else 1e-5
     close(a.flat, b.flat, rtol=tol, atol=tol)
     for name in opt_a.state:
         close(opt_a.state[name], opt_b.state[name], rtol=tol, atol=tol)
-
-
-def test_bernoulli_two_threads_is_deterministic_and_equal(monkeypatch):
-    """The optional two-thread split of the BCE blocks gives the one-thread result exactly."""
-    monkeypatch.setattr(K, "BLOCK", 12)
-    rng = np.random.default_rng(4)
-    logits = 4.0 * rng.standard_normal((2 * 9, 6))
-    x = rng.uniform(size=(9, 6))
-    results = []
-    for threads in (1, 2, 2):
-        work = logits.copy()
-        total = K.ArrayKernels(np, threads=threads).bernoulli(work, x, 0.1, np.zeros_like(work),
-                                                              np.zeros_like(work))
-        results.append((total, work))
-    for total, work in results[1:]:
-        assert total == results[0][0]
-        np.testing.assert_array_equal(work, results[0][1])

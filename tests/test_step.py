@@ -42,13 +42,15 @@ def assert_close(actual, expected, rtol=1e-10, atol=1e-12):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: f"{a[2]}-{a[3]}-{a[4]}-{len(a[0])}")
 @pytest.mark.parametrize("L", [1, 3])
-def test_fused_step_equals_reference(backend, arch, L):
-    """Loss terms, gradients and updated parameters agree with forward_backward + Adam._update."""
+@pytest.mark.parametrize("threads, n", [(1, 6), (2, 6), (2, 7)])
+def test_fused_step_equals_reference(backend, arch, L, threads, n):
+    """Loss terms, gradients and updated parameters agree with forward_backward + Adam._update,
+    on one thread and split between two (halves of 3 + 3 and 3 + 4 examples)."""
     fast_model, ref_model = make_model(backend, arch), make_model(backend, arch)
-    x, eps = batch(backend, 6, L=L)
+    x, eps = batch(backend, n, L=L)
     fast_opt = minivae.Adam(fast_model.params, lr=1e-2)
     ref_opt = minivae.Adam(dict(ref_model.params), lr=1e-2)   # a plain dict: the reference update
-    step = TrainStep(fast_model, fast_opt, n_samples=L)
+    step = TrainStep(fast_model, fast_opt, n_samples=L, threads=threads)
     assert step.fused
     for beta in (1.0, 0.35):
         terms = step(x, beta=beta, eps=eps)
@@ -74,6 +76,48 @@ def test_fused_step_float32_matches_reference(backend):
     tol = 50 * np.finfo(np.float32).eps
     assert_close(terms.loss, ref_terms.loss, rtol=tol, atol=tol)
     assert_close(step.grads.flat, ref_grads.flat, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: minivae.SGD(params, lr=0.1, momentum=0.9, nesterov=True),
+    lambda params: minivae.Adam(params, lr=1e-2),
+    lambda params: minivae.Adam(dict(params), lr=1e-2),   # not the flat vector: one update after
+], ids=["sgd-nesterov", "adam", "adam-dict"])
+def test_two_threads_equal_one_thread(backend, make_optimizer):
+    """float32, several steps: the two-thread step stays within float32 rounding of the one-thread
+    step (only the order of a few additions differs), and is itself bit-reproducible."""
+    arch = ARCHITECTURES[5]   # two hidden layers, learned variance: every buffer kind
+    runs = {}
+    for threads in (1, 2, 2):
+        model = make_model(backend, arch, "float32", seed=3)
+        step = TrainStep(model, make_optimizer(model.params), n_samples=2, threads=threads)
+        x, _ = batch(backend, 9, "float32")
+        losses = [float(step(x).loss) for _ in range(4)]
+        runs.setdefault(threads, []).append((losses, host(model.params.flat)))
+    (losses_1, params_1), = runs[1]
+    (losses_2, params_2), (losses_2b, params_2b) = runs[2]
+    assert losses_2 == losses_2b
+    np.testing.assert_array_equal(params_2, params_2b)
+    np.testing.assert_allclose(losses_2, losses_1, rtol=1e-5)
+    np.testing.assert_allclose(params_2, params_1, rtol=1e-4, atol=1e-5)
+
+
+def test_threads_auto_splits_numpy_batches_and_restores_the_blas():
+    from threadpoolctl import threadpool_info
+    from minivae.step import PARALLEL_MIN_WORK
+    model = make_model(minivae.get_backend("numpy"), ARCHITECTURES[0], "float32")
+    step = TrainStep(model, minivae.Adam(model.params))
+    n = -(-PARALLEL_MIN_WORK // model.params.flat.size)    # the smallest batch split in two
+    assert step._use_two_threads(n) and not step._use_two_threads(n - 1)
+    big = minivae.VAE(784, [400], 20, seed=0)
+    assert TrainStep(big, minivae.Adam(big.params))._use_two_threads(16)
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    x, _ = batch(minivae.get_backend("numpy"), 40, "float32")
+    step = TrainStep(model, minivae.Adam(model.params), threads=2)
+    step(x)
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+    with pytest.raises(ValueError, match="threads must be"):
+        TrainStep(model, minivae.Adam(model.params), threads=3)
 
 
 def test_noise_drawn_like_the_reference(backend):

@@ -1,0 +1,71 @@
+"""Two cores for one training step on the CPU: a second thread, and the BLAS kept to one thread.
+
+NumPy runs every elementwise pass on one core, and OpenBLAS's own threads, which split each matrix
+product, spin on the other cores between products (for about 0.1 s after each) so that a second
+Python thread finds no free core. The parallel step therefore turns the BLAS threads off for the
+duration of a step (:func:`single_threaded_blas`) and splits the work itself (:class:`PairRunner`):
+each thread runs the forward and backward pass of half of the batch, then the optimizer updates
+half of the parameters. The halves are coarse, a few dozen NumPy calls each, because NumPy
+releases the interpreter lock only inside a call: many short calls on two threads would spend
+their time handing the lock back and forth.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+_blas_controller = None
+_blas_lock = threading.Lock()
+
+
+def _blas():
+    """The threadpoolctl controller of the BLAS libraries loaded now (found once: a scan)."""
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas_controller = ThreadpoolController().select(user_api="blas")
+    return _blas_controller
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Limit every loaded BLAS to one thread inside the block, then restore each one's count."""
+    libraries = _blas().lib_controllers
+    with _blas_lock:
+        before = [lib.num_threads for lib in libraries]
+        for lib, n in zip(libraries, before):
+            if n != 1:
+                lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            for lib, n in zip(libraries, before):
+                if n != 1:
+                    lib.set_num_threads(n)
+
+
+class PairRunner:
+    """``a, b = runner.run(f, g)``: ``g()`` on a worker thread while ``f()`` runs on the caller's.
+
+    One worker thread, started on first use and kept. An exception in either call is raised
+    after both have finished, so neither half is left running on shared buffers."""
+
+    def __init__(self):
+        self._pool = None
+
+    def run(self, main, other):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivae-step")
+        future = self._pool.submit(other)
+        try:
+            first = main()
+        finally:
+            second = future.result()
+        return first, second
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
