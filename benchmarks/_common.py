@@ -29,7 +29,7 @@ PIXEL_MEAN = 0.13                                      # binarised-MNIST-like sy
 
 # workers: name -> (implementations it times, whether it needs a GPU)
 WORKERS = {
-    "numpy": ("minivae-numpy", "gemm-numpy"),
+    "numpy": ("minivae-numpy", "gemm-numpy", "gemm-numpy-split"),
     "cupy": ("minivae-cupy", "gemm-cupy"),
     "torch-cpu": ("torch-cpu", "gemm-torch-cpu"),
     "torch-cuda": ("torch-cuda", "gemm-torch-cuda"),
@@ -129,6 +129,36 @@ class GemmFloor:
     def __call__(self):
         for a, b, out in self.products:
             self.mm(a, b, out)
+
+
+class SplitGemmFloor(GemmFloor):
+    """The same 11 products run the way minivae's two-thread step runs them (NumPy only): one
+    BLAS thread each, two threads; first the 7 products whose rows are the batch's examples, each
+    thread taking half of the rows; then the 4 weight-gradient products, decoder's on one thread,
+    encoder's on the other. The floor of that way of splitting the work."""
+
+    ROW_PRODUCTS, DECODER_DW, ENCODER_DW = (0, 1, 2, 3, 5, 7, 9), (4, 6), (8, 10)
+
+    def __init__(self, N):
+        from minivae.threads import PairRunner
+        super().__init__("numpy", N)
+        h = N // 2
+        rows = [self.products[i] for i in self.ROW_PRODUCTS]
+        self.halves = ([(a[:h], b, out[:h]) for a, b, out in rows],
+                       [(a[h:], b, out[h:]) for a, b, out in rows])
+        self.networks = ([self.products[i] for i in self.DECODER_DW],
+                         [self.products[i] for i in self.ENCODER_DW])
+        self.runner = PairRunner()
+
+    def _run(self, products):
+        for a, b, out in products:
+            self.mm(a, b, out)
+
+    def __call__(self):
+        from minivae.threads import single_threaded_blas
+        with single_threaded_blas():
+            for first, second in (self.halves, self.networks):
+                self.runner.run(lambda: self._run(first), lambda: self._run(second))
 
 
 class TorchVAE:
@@ -232,6 +262,8 @@ class Worker:
                 self.acc += terms.loss   # accumulate on the device: no host sync per step
             self.impls[f"minivae-{self.name}"] = run_minivae
             self.impls[f"gemm-{self.name}"] = GemmFloor(self.name, N)
+            if self.name == "numpy":
+                self.impls["gemm-numpy-split"] = SplitGemmFloor(N)
             self.sync = model.backend.synchronize
             self.pool_bytes = ((lambda: xp.get_default_memory_pool().total_bytes())
                                if self.name == "cupy" else (lambda: None))

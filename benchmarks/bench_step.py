@@ -122,6 +122,7 @@ def ratios(impls):
         device = "cpu" if backend == "numpy" else "cuda"
         out[f"{mine}/torch-{device}"] = ratio(mine, f"torch-{device}")
         out[f"{mine}/gemm-{backend}"] = ratio(mine, f"gemm-{backend}")
+    out["minivae-numpy/gemm-numpy-split"] = ratio("minivae-numpy", "gemm-numpy-split")
     out["torch-cpu/gemm-numpy"] = ratio("torch-cpu", "gemm-numpy")
     out["speedup minivae-cupy vs minivae-numpy"] = ratio("minivae-numpy", "minivae-cupy")
     out["speedup torch-cuda vs torch-cpu"] = ratio("torch-cpu", "torch-cuda")
@@ -149,10 +150,11 @@ def crossover(record):
 
 def markdown(record):
     rows = record["results"]
-    impls = [i for i in ("minivae-numpy", "torch-cpu", "gemm-numpy", "gemm-torch-cpu",
-                         "minivae-cupy", "torch-cuda", "gemm-cupy", "gemm-torch-cuda")
+    impls = [i for i in ("minivae-numpy", "torch-cpu", "gemm-numpy", "gemm-numpy-split",
+                         "gemm-torch-cpu", "minivae-cupy", "torch-cuda", "gemm-cupy", "gemm-torch-cuda")
              if any(i in r["impls"] for r in rows)]
     ratio_names = [k for k in ("minivae-numpy/torch-cpu", "minivae-numpy/gemm-numpy",
+                               "minivae-numpy/gemm-numpy-split",
                                "minivae-cupy/torch-cuda", "minivae-cupy/gemm-cupy",
                                "speedup minivae-cupy vs minivae-numpy")
                    if any(k in r["ratios"] for r in rows)]
@@ -211,7 +213,8 @@ def plot(record, path):
     rows = record["results"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"minivae-numpy": ("C0", "-", "o"), "torch-cpu": ("C1", "-", "s"),
-              "gemm-numpy": ("C0", ":", None), "gemm-torch-cpu": ("C1", ":", None),
+              "gemm-numpy": ("C0", ":", None), "gemm-numpy-split": ("C4", ":", None),
+              "gemm-torch-cpu": ("C1", ":", None),
               "minivae-cupy": ("C2", "-", "o"), "torch-cuda": ("C3", "-", "s"),
               "gemm-cupy": ("C2", ":", None), "gemm-torch-cuda": ("C3", ":", None)}
     for impl, (color, line, marker) in styles.items():

@@ -5,16 +5,15 @@ one contiguous vector each (``model.params`` and the model's gradients are: see
 :class:`minivae.params.Parameters`), a step runs on the flat vectors:
 
 * on CuPy, one fused kernel updates parameters and state (:mod:`minivae.kernels`);
-* on NumPy (and the strict stand-in), the vectors are cut into chunks that stay in the cache while
-  every operation of the update runs on them, with one preallocated scratch buffer (no allocation,
-  no page faults). Measured on a 2-core EPYC: about 0.9 ms per Adam step for 650k float32
-  parameters against 1.2 ms for the whole-vector reference (which also allocates four temporary
-  vectors per step). That is twelve passes at NumPy's per-element speed; two threads on the two
-  halves of the vectors did not help there inside a training step (the second core is busy with
-  OpenBLAS's spinning thread), so the update runs on one thread.
+* on NumPy (and the strict stand-in), in place on chunks of the vectors with one preallocated
+  scratch buffer per range (no allocation, no page faults): Adam is twelve passes at NumPy's
+  per-element speed, about 2 ms for 650k float32 parameters on a 2-core EPYC (Zen 3).
 
-otherwise (any dict of arrays) each array gets the readable whole-array update, ``_update``, which
-is also the reference the fast path is tested against.
+``step(grads)`` updates everything; a caller that splits the work (the two-thread training step,
+:mod:`minivae.step`) calls ``begin_step()`` once and then ``update_range(grads_flat, lo, hi,
+scalars)`` for disjoint ranges, on as many threads. Otherwise (any dict of arrays) each array
+gets the readable whole-array update, ``_update``, which is also the reference the fast path is
+tested against.
 """
 from __future__ import annotations
 
