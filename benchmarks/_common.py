@@ -203,8 +203,8 @@ class TorchVAE:
 class Worker:
     """Runs in the child process: builds one framework's implementations and times them."""
 
-    def __init__(self, name, tf32=False):
-        self.name, self.impls, self.tf32 = name, {}, tf32
+    def __init__(self, name, tf32=False, threads="auto"):
+        self.name, self.impls, self.tf32, self.threads = name, {}, tf32, threads
         self.device = "cuda" if name in ("cupy", "torch-cuda") else "cpu"
         if name == "torch-cpu" or name == "torch-cuda":
             import torch
@@ -252,7 +252,7 @@ class Worker:
             import minivae
             model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
                                 backend=self.name, seed=0)
-            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3))
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads)
             x = model.backend.to_device(host_x)
             xp = model.xp
             self.acc = xp.zeros((), dtype=np.float32)
@@ -328,7 +328,7 @@ class Worker:
             import minivae
             model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
                                 backend=self.name, seed=0)
-            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3))
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads)
             xp = model.xp
             data = model.backend.to_device(host_data)          # resident on the device
             batch = xp.empty((B, MODEL["input_dim"]), dtype=np.float32)
@@ -370,9 +370,9 @@ class Worker:
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _worker_main(name, tf32, conn):
+def _worker_main(name, tf32, threads, conn):
     try:
-        worker = Worker(name, tf32)
+        worker = Worker(name, tf32, threads)
         conn.send(("ok", worker.info()))
     except Exception as error:  # noqa: BLE001 - report any failure to the parent
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -388,11 +388,11 @@ def _worker_main(name, tf32, conn):
 
 
 class WorkerHandle:
-    def __init__(self, name, tf32=False):
+    def __init__(self, name, tf32=False, threads="auto"):
         context = multiprocessing.get_context("spawn")
         self.name = name
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(name, tf32, child), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(name, tf32, threads, child), daemon=True)
         self.process.start()
         status, self.info = self.conn.recv()
         if status != "ok":
@@ -490,13 +490,14 @@ def new_record(benchmark, command, skipped, **details):
 
 
 @contextlib.contextmanager
-def open_workers(names, tf32, record):
+def open_workers(names, tf32, record, threads="auto"):
     """Start one worker process per framework (their info goes into ``record``), yield the handles
-    ``{name: WorkerHandle}``, and close them, recording the load average, however the run ends."""
+    ``{name: WorkerHandle}``, and close them, recording the load average, however the run ends.
+    ``threads``: minivae's ``TrainStep(threads=...)``."""
     handles = {}
     try:
         for name in names:
-            handles[name] = WorkerHandle(name, tf32=tf32)
+            handles[name] = WorkerHandle(name, tf32=tf32, threads=threads)
             record["workers"][name] = handles[name].info
         yield handles
     finally:

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-retries", type=int, default=12,
                         help="retries per implementation and batch size before keeping busy blocks")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on the GPU")
+    parser.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
+                        help="minivae's TrainStep(threads=...) on NumPy (default auto: two threads)")
     parser.add_argument("--out-dir", default=os.path.join(common.HERE, "results"))
     parser.add_argument("--name", default="step_cpu", help="output file stem")
     parser.add_argument("--smoke", action="store_true",
@@ -65,8 +67,9 @@ def run(args, argv_for_record):
         model=dict(common.MODEL, likelihood="bernoulli", activation="relu", dtype="float32",
                    optimizer="Adam(lr=1e-3)"),
         settings={k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
-                                                "smoke", "max_other_load", "max_retries")})
-    with common.open_workers(names, args.tf32, record) as handles:
+                                                "threads", "smoke", "max_other_load", "max_retries")})
+    threads = args.threads if args.threads == "auto" else int(args.threads)
+    with common.open_workers(names, args.tf32, record, threads=threads) as handles:
         for N in args.batch_sizes:
             row = {"batch": N, "impls": {}}
             steps = {}

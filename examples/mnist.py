@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--monitor", action="store_true", help="record gradient norms per layer and KL per "
                    "latent dimension every epoch; draws monitor.png")
     g.add_argument("--eval-every", type=int, default=1, help="held-out -ELBO every this many epochs")
+    g.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
+                   help="threads of a training step on NumPy (auto: two from batch 16 of this model "
+                   "up; 1 on a CPU shared with other jobs)")
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--iwae-k", type=int, default=100, help="importance samples of the final "
                    "IWAE bound on log p(x) (5000 for publishable numbers; 0 to skip)")
@@ -224,7 +227,8 @@ def main(argv=None) -> int:
                          lr_decay=args.lr_decay, lr_min=args.lr_min, beta=args.beta,
                          warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
                          dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
-                         monitor=args.monitor, eval_every=args.eval_every)
+                         monitor=args.monitor, eval_every=args.eval_every,
+                         threads=args.threads if args.threads == "auto" else int(args.threads))
     run = {name: value for name, value in vars(args).items()}
     checkpoint = out / "checkpoint.npz"
     trainer = Trainer(model, x_train, config, x_valid=x_test, checkpoint_path=checkpoint,

@@ -96,6 +96,7 @@ class TrainConfig:
     log_every: int = 50          # steps between host reads: progress bar, NaN check, time limit
     eval_every: int = 1          # held-out evaluation every this many epochs (0: never)
     eval_batch_size: int = 1000
+    threads: object = "auto"     # threads of a training step on NumPy: "auto", 1 or 2 (TrainStep)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "n_samples", "seed", "log_every", "eval_every",
@@ -112,6 +113,8 @@ class TrainConfig:
                   ("eval_batch_size", self.eval_batch_size >= 1), ("lr", self.lr > 0.0),
                   ("lr_decay", 0.0 < self.lr_decay <= 1.0), ("lr_min", self.lr_min >= 0.0),
                   ("beta", self.beta >= 0.0), ("warmup_epochs", self.warmup_epochs >= 0.0)]
+        if self.threads != "auto":
+            checks.append(("threads", self.threads in (1, 2)))
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
@@ -177,7 +180,8 @@ class Trainer:
         self.x_valid = (None if x_valid is None else
                         check_data(self._on_device(x_valid), model, name="x_valid", unit_interval=bernoulli))
         self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
-        self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples)
+        self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
+                              threads=self.config.threads)
         self.checkpoint_path = checkpoint_path
         self.progress, self.log, self.metadata = progress, log, dict(metadata or {})
         self.groups = layer_groups(model.shapes)

@@ -76,6 +76,9 @@ def test_config_is_validated():
         TrainConfig(lr_decay=1.5)
     with pytest.raises(ValueError, match="seed"):
         TrainConfig(seed=-1)
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=4)
+    assert TrainConfig(threads=1).threads == 1
     assert TrainConfig.from_dict({**TrainConfig(epochs=3).as_dict(), "unknown": 1}).epochs == 3
 
 
@@ -145,6 +148,19 @@ def test_resume_is_bit_exact(backend, toy_data, tmp_path, interruption):
                                       minivae.to_numpy(straight.optimizer.state[name]))
     assert resumed.optimizer.step_count == straight.optimizer.step_count == 20
     assert without_seconds(resumed.history) == without_seconds(straight.history)
+
+
+def test_two_thread_training_follows_the_one_thread_run(toy_data):
+    """threads=2 (each step split between two threads) trains the same model to float32 rounding
+    of the one-thread run, and resumes only with the same setting (it moves the trajectory)."""
+    one = make_trainer("numpy", toy_data, threads=1)
+    two = make_trainer("numpy", toy_data, threads=2)
+    assert one.step.threads == 1 and two.step.threads == 2
+    one.fit(epochs=2)
+    two.fit(epochs=2)
+    np.testing.assert_allclose(host_params(two), host_params(one), rtol=1e-4, atol=1e-5)
+    from minivae.train import FREE_FIELDS
+    assert "threads" not in FREE_FIELDS
 
 
 def test_resume_refuses_a_different_configuration(toy_data, tmp_path):
