@@ -33,6 +33,13 @@ class TrainStep:
     ``fused=True`` (default) runs :class:`minivae.engine.FusedStep`; ``fused=False`` (and any model
     that is not a plain :class:`~minivae.model.VAE`, e.g. a subclass with its own forward) runs the
     reference ``model.forward_backward``.
+
+    ``threads`` (NumPy only): 2 splits each step between two threads (see :meth:`_two_threads`),
+    1 runs it on the calling thread with the BLAS as configured, ``"auto"`` (default) splits when
+    batch size x parameters >= :data:`PARALLEL_MIN_WORK`. A split step sets every loaded BLAS to
+    one thread while it runs and restores the counts after (process-wide: BLAS calls made by
+    other threads during a step run on one thread too). The split only reorders a few additions;
+    a run is reproducible for a given setting.
     """
 
     def __init__(self, model, optimizer, n_samples=1, fused=True, check_values=False, threads="auto"):
