@@ -127,7 +127,10 @@ class GemmFloor:
             self.products.append((A, B, empty((a[0], b[1]))))
 
     def __call__(self):
-        for a, b, out in self.products:
+        self._run(self.products)
+
+    def _run(self, products):
+        for a, b, out in products:
             self.mm(a, b, out)
 
 
@@ -149,10 +152,6 @@ class SplitGemmFloor(GemmFloor):
         self.networks = ([self.products[i] for i in self.DECODER_DW],
                          [self.products[i] for i in self.ENCODER_DW])
         self.runner = PairRunner()
-
-    def _run(self, products):
-        for a, b, out in products:
-            self.mm(a, b, out)
 
     def __call__(self):
         from minivae.threads import single_threaded_blas

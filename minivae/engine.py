@@ -139,8 +139,8 @@ class FusedStep:
             # reconstruction loss and its gradient: ws.out becomes dL/dout
             nll = self._reconstruction(ws, ws.out[S], x[R], scale, part, first=j == 0)
             nll_sum = nll if nll_sum is None else nll_sum + nll
-            delta = self._backward(ws, "decoder", S, part)
-            xp.matmul(delta, self._first_weight("decoder").T, out=d_z)
+            delta, W = self._backward(ws, "decoder", S, part)
+            xp.matmul(delta, W.T, out=d_z)
         if model.likelihood == "gaussian":
             nll_sum = self._gaussian_constants(nll_sum, (r1 - r0) * L)
 
@@ -174,8 +174,9 @@ class FusedStep:
         result_rows += params[f"{network}.{last}.b"]
 
     def _backward(self, ws, network, S, part):
-        """Rows ``S`` of the hidden layers' deltas, from the result's delta (set by the caller);
-        returns the first hidden layer's delta (the result's delta without hidden layers)."""
+        """Rows ``S`` of the hidden layers' deltas, from the result's delta (set by the caller).
+        Returns (the first layer's delta, its W) -- the result's delta and the last layer's W
+        without hidden layers -- so that the caller may form dx = delta W^T."""
         model, k = self.model, self.kernels
         xp, params = model.xp, model.params
         pres, outs, deltas, _, top, last = self._layers(ws, network)
@@ -186,14 +187,7 @@ class FusedStep:
             k.activation_backward(rows, model.activation, outs[i][S], pres[i][S],
                                   ws.scratch(0, rows.shape, part), ws.scratch(1, rows.shape, part))
             delta, W = rows, params[f"{network}.{i}.W"]
-        return delta
-
-    def _first_weight(self, network):
-        """W of the network's first layer (its hidden layer 0, else its last layer)."""
-        model = self.model
-        n_hidden = len(model.hidden_dims if network == "encoder" else model.decoder_hidden_dims)
-        return model.params[f"{network}.0.W" if n_hidden else
-                            f"{network}.{'head' if network == 'encoder' else 'out'}.W"]
+        return delta, W
 
     def _reconstruction(self, ws, logits, x, scale, part, first):
         """Sum over the rows of the reconstruction NLL (without the Gaussian's constants);
@@ -230,10 +224,11 @@ class FusedStep:
         xp = model.xp
         N = x.shape[0]
         ws = self.workspace(N, L)
+        _, outs, deltas, _, top, last = self._layers(ws, network)
         if network == "encoder":
-            inputs, outs, deltas, top, last = x, ws.enc_out, ws.enc_delta, ws.d_head, "head"
+            inputs = x
         else:
-            inputs, outs, deltas, top, last = ws.z.reshape(L * N, -1), ws.dec_out, ws.dec_delta, ws.out, "out"
+            inputs = ws.z.reshape(L * N, -1)
             if model.decoder_variance == "learned":
                 xp.sum(ws.logvar_parts[:parts], axis=0, out=grads["decoder.logvar"])
         layer_inputs = [inputs, *outs]

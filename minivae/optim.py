@@ -5,8 +5,8 @@ one contiguous vector each (``model.params`` and the model's gradients are: see
 :class:`minivae.params.Parameters`), a step runs on the flat vectors:
 
 * on CuPy, one fused kernel updates parameters and state (:mod:`minivae.kernels`);
-* on NumPy (and the strict stand-in), in place on chunks of the vectors with one preallocated
-  scratch buffer per range (no allocation, no page faults): Adam is twelve passes at NumPy's
+* on NumPy (and the strict stand-in), in place on chunks of at most :data:`CHUNK` entries with one
+  preallocated scratch buffer per range (no allocation, no page faults): Adam is twelve passes at NumPy's
   per-element speed, about 2 ms for 650k float32 parameters on a 2-core EPYC (Zen 3).
 
 ``step(grads)`` updates everything; a caller that splits the work (the two-thread training step,
@@ -75,13 +75,12 @@ class Optimizer:
 
     def update_range(self, grads_flat, lo, hi, scalars):
         """Update entries [lo, hi) of the flat parameter vector from the flat gradient vector."""
-        p, g = self.flat[lo:hi], grads_flat[lo:hi]
-        xp = get_array_module(p)
-        if xp.__name__ == "cupy":
+        if get_array_module(self.flat).__name__ == "cupy":
             from minivae.kernels import get_kernels
             from minivae.backend import get_backend
             state = {name: vector[lo:hi] for name, vector in self.state.items()}
-            self._kernel_update(get_kernels(get_backend("cupy")), p, g, state, scalars)
+            self._kernel_update(get_kernels(get_backend("cupy")), self.flat[lo:hi], grads_flat[lo:hi],
+                                state, scalars)
             return
         for chunk in self._chunks(grads_flat, lo, hi):
             self._update_chunk(*chunk, scalars)
@@ -103,7 +102,7 @@ class Optimizer:
         return ()
 
     def _chunks(self, grads_flat, lo, hi):
-        """[lo, hi) of the flat vectors cut into cache-sized chunks: a list of (p, g, {state name:
+        """[lo, hi) of the flat vectors cut into chunks of :data:`CHUNK`: a list of (p, g, {state name:
         view}, scratch) views with a scratch buffer of the range's own, made once per range and
         gradient vector (slicing some 60 views per step costs more than a pass)."""
         key = (lo, hi)

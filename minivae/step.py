@@ -93,8 +93,8 @@ class TrainStep:
         """Phase 1: each thread runs the forward pass and the deltas of half of the batch.
         Phase 2: one thread computes the decoder's parameter gradients and updates the decoder's
         parameters, the other does the same for the encoder (each network's parameters are one
-        contiguous range of the flat vector). Same math as one thread, same additions in the same
-        order but for the two halves' partial loss sums."""
+        contiguous range of the flat vector). Same math as one thread; the loss sums are added per
+        half and the matrix products run on one BLAS thread, so the last bits may differ."""
         engine, optimizer, runner = self._engine, self.optimizer, self._runner()
         N, L, h = x.shape[0], eps.shape[0], x.shape[0] // 2
         together = optimizer.params is self.model.params   # else: one update after phase 2

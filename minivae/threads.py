@@ -4,8 +4,8 @@ NumPy runs every elementwise pass on one core, and OpenBLAS's own threads, which
 product, spin on the other cores between products (for about 0.1 s after each) so that a second
 Python thread finds no free core. The parallel step therefore turns the BLAS threads off for the
 duration of a step (:func:`single_threaded_blas`) and splits the work itself (:class:`PairRunner`):
-each thread runs the forward and backward pass of half of the batch, then the optimizer updates
-half of the parameters. The halves are coarse, a few dozen NumPy calls each, because NumPy
+each thread runs the forward and backward pass of half of the batch, then the weight gradients
+and the optimizer update of one of the two networks. The halves are coarse, a few dozen NumPy calls each, because NumPy
 releases the interpreter lock only inside a call: many short calls on two threads would spend
 their time handing the lock back and forth.
 """
@@ -64,8 +64,3 @@ class PairRunner:
         finally:
             second = future.result()
         return first, second
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
