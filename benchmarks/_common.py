@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import multiprocessing
 import os
@@ -147,17 +148,16 @@ class SplitGemmFloor(GemmFloor):
         super().__init__("numpy", N)
         h = N // 2
         rows = [self.products[i] for i in self.ROW_PRODUCTS]
-        self.halves = ([(a[:h], b, out[:h]) for a, b, out in rows],
-                       [(a[h:], b, out[h:]) for a, b, out in rows])
-        self.networks = ([self.products[i] for i in self.DECODER_DW],
-                         [self.products[i] for i in self.ENCODER_DW])
+        halves = ([(a[:h], b, out[:h]) for a, b, out in rows], [(a[h:], b, out[h:]) for a, b, out in rows])
+        networks = ([self.products[i] for i in self.DECODER_DW], [self.products[i] for i in self.ENCODER_DW])
+        self.phases = [tuple(functools.partial(self._run, products) for products in pair)
+                       for pair in (halves, networks)]
         self.runner = PairRunner()
 
     def __call__(self):
         from minivae.threads import single_threaded_blas
         with single_threaded_blas():
-            for first, second in (self.halves, self.networks):
-                self.runner.run(lambda: self._run(first), lambda: self._run(second))
+            self.runner.run_phases(self.phases)
 
 
 class TorchVAE:
@@ -224,6 +224,10 @@ class Worker:
                                   for pool in threadpool_info()]
         except ImportError:
             pass
+        if self.name == "numpy":
+            from minivae import host_kernels
+            host_kernels.get("float32")
+            out["optimizer_update"] = host_kernels.status()["float32"]
         if self.name.startswith("torch"):
             torch = self.torch
             out["torch"] = torch.__version__

@@ -200,7 +200,8 @@ def markdown(record):
     torch_info = record["workers"].get("torch-cpu", {})
     lines += ["", f"Machine: {m.get('cpu_model')} (family/model {m.get('cpu_family_model')}), "
               f"{m.get('logical_cpus')} logical CPUs, {m.get('mem_total')}; "
-              f"NumPy {numpy_info.get('numpy')}, BLAS: {', '.join(blas) or 'unknown'}"
+              f"NumPy {numpy_info.get('numpy')}, BLAS: {', '.join(blas) or 'unknown'}, "
+              f"minivae's optimizer update: {numpy_info.get('optimizer_update', 'unknown')}"
               + (f"; PyTorch {torch_info.get('torch')} ({torch_info.get('torch_blas')}, "
                  f"{torch_info.get('torch_threads')} threads)" if torch_info else "") + ".",
               f"Environment: {record['env'] or 'no OPENBLAS_/OMP_/MKL_ variables set'}; load average "

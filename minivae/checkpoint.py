@@ -1,6 +1,6 @@
 """Checkpoints: host arrays plus a JSON description in one ``.npz``, written atomically.
 
-Layout of the file: every array under its own name (``params``, ``optimizer.exp_avg``, ...) and
+Layout of the file: every array under its own name (``params``, ``optimizer.exp_sum``, ...) and
 the JSON text under ``__meta__`` as a 0-d unicode array, so that it loads with
 ``numpy.load(path, allow_pickle=False)``: no pickled object ever runs on load.
 

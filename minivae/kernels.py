@@ -22,11 +22,11 @@ The formulas (``l`` logits, ``x`` data, ``s`` a scale, ``e = exp(-|l|)``):
     reparam  sigma = exp(logvar / 2),  z = mu + sigma eps
     KL       kl = (mu^2 + exp(logvar) - logvar - 1) / 2
              dmu = sum_l dz + c mu,  dlogvar = sigma/2 sum_l dz eps + c (exp(logvar) - 1) / 2
-    Adam     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
-             p <- p - a m / (sqrt(v) + eps sqrt(1 - b2^t)),  a = lr sqrt(1 - b2^t) / (1 - b1^t)
+    Adam     s <- b1 s + g;  r <- b2 r + g^2   (weighted sums: s = m / (1 - b1), r = v / (1 - b2))
+             p <- p - a s / (sqrt(r) + eps sqrt(W2)),  a = lr sqrt(W2) / W1,  W = (1 - b^t) / (1 - b)
 
-(the Adam line is PyTorch's ``m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` with the bias correction
-multiplied through: one fewer pass, equal up to rounding.)
+(the Adam line is PyTorch's ``m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps)`` with the bias
+corrections multiplied through: fewer passes, equal up to rounding; see :class:`minivae.optim.Adam`.)
 
 Scalars are Python floats: NumPy 2 keeps float32 arrays float32 then.
 """
@@ -297,11 +297,10 @@ CUDA_KERNELS = {
                   " nll = fmax(l, (T)0) + log1p(e) - x * l;"
                   " l = scale * ((l >= (T)0 ? (T)1 : e) / ((T)1 + e) - x);"),
     "gaussian_fixed": ("T x, T scale", "T r, T sq", "r = r - x; sq = r * r; r = scale * r;"),
-    "adam": ("T g, T one_minus_beta1, T beta2, T one_minus_beta2, T step_size, T eps_hat",
-             "T p, T m, T v",
-             "m = m + one_minus_beta1 * (g - m);"
-             " v = beta2 * v + one_minus_beta2 * (g * g);"
-             " p = p - step_size * m / (sqrt(v) + eps_hat);"),
+    "adam": ("T g, T beta1, T beta2, T step_size, T eps_hat", "T p, T s, T r",
+             "s = beta1 * s + g;"
+             " r = beta2 * r + g * g;"
+             " p = p - step_size * s / (sqrt(r) + eps_hat);"),
     "sgd": ("T g, T lr", "T p", "p = p - lr * g;"),
     "sgd_momentum": ("T g, T lr, T momentum, T nesterov", "T p, T velocity",
                      "velocity = momentum * velocity + g;"
@@ -357,11 +356,12 @@ def standalone_source(name, dtype="float", host=False):
     return "\n".join(lines)
 
 
-def host_library_source(dtype="double"):
-    """Every kernel as a plain C++ function in one translation unit, for checking the CUDA
-    formulas on the CPU (see ``tests/test_kernels.py``)."""
+def host_library_source(dtype="double", names=None):
+    """The kernels ``names`` (default: every kernel) as plain C++ functions in one translation
+    unit: for checking the CUDA formulas on the CPU (``tests/test_kernels.py``) and for the
+    compiled optimizer updates of :mod:`minivae.host_kernels`."""
     parts = []
-    for i, name in enumerate(CUDA_KERNELS):
+    for i, name in enumerate(CUDA_KERNELS if names is None else names):
         lines = standalone_source(name, dtype, host=True).split("\n")
         parts.append("\n".join(lines if i == 0 else lines[3:]))
     return "\n".join(parts) + "\n"
@@ -372,7 +372,7 @@ SCALAR_PARAMS = {
     "bias_leaky_relu": ("slope",), "leaky_relu_backward": ("slope",),
     "reparameterize_kl": ("L", "NK"), "reparameterize_kl_backward": ("L", "NK", "c"),
     "bernoulli": ("scale",), "gaussian_fixed": ("scale",),
-    "adam": ("one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps_hat"),
+    "adam": ("beta1", "beta2", "step_size", "eps_hat"),
     "sgd": ("lr",), "sgd_momentum": ("lr", "momentum", "nesterov"),
 }
 
@@ -451,10 +451,9 @@ class CupyKernels(ArrayKernels):
     def bias_grad(self, dout, db):
         self.xp.sum(dout, axis=0, out=db)
 
-    def adam(self, g, one_minus_beta1, one_minus_beta2, step_size, eps_hat, p, m, v):
+    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r):
         t = g.dtype.type
-        self.kernel("adam")(g, t(one_minus_beta1), t(1.0 - one_minus_beta2), t(one_minus_beta2),
-                            t(step_size), t(eps_hat), p, m, v)
+        self.kernel("adam")(g, t(beta1), t(beta2), t(step_size), t(eps_hat), p, s, r)
 
     def sgd(self, g, lr, p):
         self.kernel("sgd")(g, g.dtype.type(lr), p)

@@ -98,17 +98,18 @@ class TrainStep:
         engine, optimizer, runner = self._engine, self.optimizer, self._runner()
         N, L, h = x.shape[0], eps.shape[0], x.shape[0] // 2
         together = optimizer.params is self.model.params   # else: one update after phase 2
-        with single_threaded_blas():
-            (nll_a, kl_a), (nll_b, kl_b) = runner.run(
-                lambda: engine.deltas(x, eps, beta, rows=(0, h), part=0),
-                lambda: engine.deltas(x, eps, beta, rows=(h, N), part=1))
-            scalars = optimizer.begin_step() if together else None
+        scalars = []
 
-            def network(name):
-                engine.parameter_gradients(x, L, name, parts=2)
-                if together:
-                    optimizer.update_range(self.grads.flat, *self.model.params.range(name), scalars)
-            runner.run(lambda: network("decoder"), lambda: network("encoder"))
+        def network(name):
+            engine.parameter_gradients(x, L, name, parts=2)
+            if together:
+                optimizer.update_range(self.grads.flat, *self.model.params.range(name), scalars[0])
+        with single_threaded_blas():
+            ((nll_a, kl_a), _), ((nll_b, kl_b), _) = runner.run_phases(
+                [(lambda: engine.deltas(x, eps, beta, rows=(0, h), part=0),
+                  lambda: engine.deltas(x, eps, beta, rows=(h, N), part=1)),
+                 (lambda: network("decoder"), lambda: network("encoder"))],
+                between=(lambda: scalars.append(optimizer.begin_step())) if together else None)
             if not together:
                 optimizer.step(self.grads)
         return nll_a + nll_b, kl_a + kl_b

@@ -71,7 +71,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert "resuming at epoch 3" in result.stdout
     with np.load(tmp_path / "straight" / "checkpoint.npz") as a, np.load(tmp_path / "resumed" / "checkpoint.npz") as b:
         np.testing.assert_array_equal(a["params"], b["params"])
-        np.testing.assert_array_equal(a["optimizer.exp_avg_sq"], b["optimizer.exp_avg_sq"])
+        np.testing.assert_array_equal(a["optimizer.exp_sum_sq"], b["optimizer.exp_sum_sq"])
     straight, resumed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "resumed"))
     for name in ("train_neg_elbo", "valid_neg_elbo", "lr"):
         assert resumed["history"][name] == straight["history"][name]

@@ -55,8 +55,12 @@ def test_adam_matches_formulas(backend, betas, eps):
     np.testing.assert_allclose(minivae.to_numpy(params.flat), expected, rtol=1e-12, atol=1e-14)
     state = opt.state_dict()
     assert state["step"] == 6 and state["beta1"] == betas[0] and state["eps"] == eps
-    np.testing.assert_allclose(minivae.to_numpy(state["exp_avg"]), m, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(minivae.to_numpy(state["exp_avg_sq"]), v, rtol=1e-12, atol=1e-15)
+    exp_avg, exp_avg_sq = opt.moments()
+    np.testing.assert_allclose(minivae.to_numpy(exp_avg), m, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(minivae.to_numpy(exp_avg_sq), v, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(minivae.to_numpy(state["exp_sum"]), m / (1 - betas[0]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(minivae.to_numpy(state["exp_sum_sq"]), v / (1 - betas[1]), rtol=1e-12,
+                               atol=1e-14)
 
 
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.8, True)])
@@ -112,6 +116,30 @@ def test_state_save_restore_gives_identical_steps(backend, make):
     assert opt_b.state_dict()["step"] == 6
 
 
+def test_adam_loads_a_state_saved_as_pytorch_moments(backend):
+    """A state with exp_avg / exp_avg_sq (PyTorch's names; minivae's checkpoints before the weighted
+    sums) loads as s = m / (1 - b1), r = v / (1 - b2) and continues the same run."""
+    make = lambda p: minivae.Adam(p, lr=0.01, betas=(0.8, 0.99))  # noqa: E731
+    a = flat_params(backend, 2)
+    opt_a = make(a)
+    grads = gradient_sequence(backend, 6)
+    for g in grads[:3]:
+        opt_a.step(g)
+    exp_avg, exp_avg_sq = opt_a.moments()
+    saved = {k: v for k, v in opt_a.state_dict().items() if not k.startswith("exp_")}
+    saved.update(exp_avg=minivae.to_numpy(exp_avg), exp_avg_sq=minivae.to_numpy(exp_avg_sq))
+    b = Parameters(backend.to_device(minivae.to_numpy(a.flat)), SHAPES)
+    opt_b = make(b)
+    opt_b.load_state_dict(saved)
+    for name in opt_a.state_names:
+        np.testing.assert_allclose(minivae.to_numpy(opt_b.state[name]), minivae.to_numpy(opt_a.state[name]),
+                                   rtol=1e-15)
+    for g in grads[3:]:
+        opt_a.step(g)
+        opt_b.step(g)
+    np.testing.assert_allclose(minivae.to_numpy(b.flat), minivae.to_numpy(a.flat), rtol=1e-13)
+
+
 def test_float32_stays_float32(backend):
     params = flat_params(backend, 0, "float32")
     opt = minivae.Adam(params, lr=1e-3)
@@ -140,5 +168,6 @@ def test_adam_matches_torch_optim():
         storch.step()
     np.testing.assert_allclose(params.flat, tparam.detach().numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sopt_params.flat, sparam.detach().numpy(), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(opt.state["exp_avg_sq"], topt.state[tparam]["exp_avg_sq"].numpy(),
-                               rtol=1e-12)
+    exp_avg, exp_avg_sq = opt.moments()
+    np.testing.assert_allclose(exp_avg, topt.state[tparam]["exp_avg"].numpy(), rtol=1e-12, atol=1e-16)
+    np.testing.assert_allclose(exp_avg_sq, topt.state[tparam]["exp_avg_sq"].numpy(), rtol=1e-12)
