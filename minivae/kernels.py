@@ -308,7 +308,7 @@ CUDA_KERNELS = {
 }
 
 
-def _params(spec):
+def kernel_params(spec):
     """'T x, raw T y, int32 L' -> [(type, name, raw), ...]."""
     out = []
     for item in (p.strip() for p in spec.split(",") if p.strip()):
@@ -330,8 +330,8 @@ def standalone_source(name, dtype="float", host=False):
     scalars = SCALAR_PARAMS.get(name, ())
     types = {"T": "T", "int32": "int"}
     args, bind = [], []
-    for kind, (ctype, pname, raw) in [("in", p) for p in _params(in_params)] + \
-            [("out", p) for p in _params(out_params)]:
+    for kind, (ctype, pname, raw) in [("in", p) for p in kernel_params(in_params)] + \
+            [("out", p) for p in kernel_params(out_params)]:
         t = types[ctype]
         if pname in scalars:
             args.append(f"const {t} {pname}")

@@ -228,8 +228,8 @@ class HostElementwiseKernel:
         self.name = name
         self.function = getattr(library, name)
         in_params, out_params, _ = K.CUDA_KERNELS[name]
-        self.params = [("in", *p) for p in K._params(in_params)] + \
-                      [("out", *p) for p in K._params(out_params)]
+        self.params = [("in", *p) for p in K.kernel_params(in_params)] + \
+                      [("out", *p) for p in K.kernel_params(out_params)]
         self.scalars = K.SCALAR_PARAMS.get(name, ())
 
     def __call__(self, *args):
