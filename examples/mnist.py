@@ -31,7 +31,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`: use the repository's package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import minivae
-from minivae import VAE, to_numpy
+from minivae import VAE, host_kernels, to_numpy
 from minivae.checkpoint import CheckpointError, atomic_open, load_checkpoint
 from minivae.data import (DATASETS, PREPROCESSING, DataError, binarize_dynamic, get_dataset_spec,
                           load_dataset, preprocess)
@@ -314,6 +314,9 @@ def main(argv=None) -> int:
         "files": {"checkpoint": str(checkpoint), "pictures": pictures},
         "versions": {"minivae": minivae.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
+        # the last bits of a float32 run depend on it (compiled update or NumPy passes)
+        "optimizer_update": {"numpy": host_kernels.status().get(args.dtype, "NumPy passes"),
+                             "cupy": "fused CUDA kernel"}.get(backend.name, "NumPy passes"),
     }
     write_json(out / "metrics.json", metrics)
 
