@@ -227,7 +227,7 @@ class Worker:
         if self.name == "numpy":
             from minivae import host_kernels
             host_kernels.get("float32")
-            out["optimizer_update"] = host_kernels.status()["float32"]
+            out["kernels"] = host_kernels.status()["float32"]   # compiled, or NumPy passes
         if self.name.startswith("torch"):
             torch = self.torch
             out["torch"] = torch.__version__

@@ -201,7 +201,7 @@ def markdown(record):
     lines += ["", f"Machine: {m.get('cpu_model')} (family/model {m.get('cpu_family_model')}), "
               f"{m.get('logical_cpus')} logical CPUs, {m.get('mem_total')}; "
               f"NumPy {numpy_info.get('numpy')}, BLAS: {', '.join(blas) or 'unknown'}, "
-              f"minivae's optimizer update: {numpy_info.get('optimizer_update', 'unknown')}"
+              f"minivae's CPU kernels: {numpy_info.get('kernels', 'unknown')}"
               + (f"; PyTorch {torch_info.get('torch')} ({torch_info.get('torch_blas')}, "
                  f"{torch_info.get('torch_threads')} threads)" if torch_info else "") + ".",
               f"Environment: {record['env'] or 'no OPENBLAS_/OMP_/MKL_ variables set'}; load average "

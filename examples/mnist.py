@@ -314,9 +314,9 @@ def main(argv=None) -> int:
         "files": {"checkpoint": str(checkpoint), "pictures": pictures},
         "versions": {"minivae": minivae.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
-        # the last bits of a float32 run depend on it (compiled update or NumPy passes)
-        "optimizer_update": {"numpy": host_kernels.status().get(args.dtype, "NumPy passes"),
-                             "cupy": "fused CUDA kernel"}.get(backend.name, "NumPy passes"),
+        # the last bits of a float32 run depend on it (compiled CPU kernels or NumPy passes)
+        "kernels": {"numpy": host_kernels.status().get(args.dtype, "NumPy passes"),
+                    "cupy": "fused CUDA kernels"}.get(backend.name, "NumPy passes"),
     }
     write_json(out / "metrics.json", metrics)
 

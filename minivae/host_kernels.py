@@ -1,19 +1,28 @@
-"""The optimizer kernels of :mod:`minivae.kernels`, compiled for the CPU when a C++ compiler is at hand.
+"""The kernels of :mod:`minivae.kernels`, compiled for the CPU when a C++ compiler is at hand.
 
 Each kernel in :data:`minivae.kernels.CUDA_KERNELS` is the formula for one element; for the CPU,
-:func:`minivae.kernels.host_library_source` wraps it in a plain C++ loop. Compiled once per machine
-(the library is cached) and called through :mod:`ctypes`, which releases the interpreter lock for
-the call, an Adam update is one pass over the parameters instead of NumPy's ten, and the two
-threads of a split training step (:mod:`minivae.step`) update their two ranges fully in parallel
-(batch 128, 784-400-20 model, 2-core EPYC: 8-10 % off the step).
+:func:`minivae.kernels.host_function` wraps it in a plain C++ loop over rows and columns, built for
+several instruction sets (the loader picks the widest the processor has). Compiled once per
+machine (the library is cached) and called through :mod:`ctypes`, which releases the interpreter
+lock for the call, a pass of the training step is one call instead of several NumPy calls:
 
-Only the optimizer kernels are compiled: their operands are flat vectors of one length (no
-broadcasting). The step's other elementwise work stays in NumPy, whose vectorized ``exp`` the
-compiler's scalar ``exp`` would not match.
+* the optimizer updates (Adam, SGD): one pass over the parameters instead of NumPy's ten;
+* bias + ReLU / leaky ReLU, and the derivatives of ReLU, leaky ReLU, tanh and sigmoid (from the
+  layer's output): one pass each instead of two to four;
+* the reparameterization with the KL term, forward and backward: one pass each instead of ten;
+* the Bernoulli loss with its gradient (:data:`BERNOULLI_SOURCE`): one pass; the sum in double.
+
+Besides the passes saved, the calls matter for the two-thread step (:mod:`minivae.step`): NumPy
+releases the interpreter lock only inside a call, so two threads making many short NumPy calls wait
+for each other; a compiled pass runs without the lock. The kernels with a transcendental function
+in every element of a large array (bias + tanh, sigmoid or softplus, softplus's derivative) stay
+NumPy passes: NumPy's vectorized ``exp`` and ``tanh`` beat a loop of scalar library calls.
+:class:`CompiledKernels` is :class:`minivae.kernels.ArrayKernels` with these passes compiled,
+each falling back to the array operations for a layout or dtype the library does not take.
 
 Nothing is required: where no compiler is found (``$CXX``, ``c++``, ``g++``, ``clang++``), the
-build fails, or ``MINIVAE_HOST_KERNELS=0`` is set, the optimizers run their NumPy passes (the same
-math; the last bits of a float32 run differ between the two). :func:`status` says which is used.
+build fails, or ``MINIVAE_HOST_KERNELS=0`` is set, the NumPy passes run (the same math; the last
+bits of a float32 run differ between the two). :func:`status` says which is used.
 The cache is ``$MINIVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/minivae``, else ``~/.cache/minivae``;
 a library is named after the hash of its source, compiler and flags, and written atomically.
 """
@@ -31,11 +40,84 @@ from pathlib import Path
 
 import numpy as np
 
-from minivae.kernels import CUDA_KERNELS, SCALAR_PARAMS, host_library_source, kernel_params
+from minivae.kernels import (CUDA_KERNELS, LEAKY_RELU_SLOPE, SCALAR_PARAMS, ArrayKernels,
+                             host_library_source, kernel_params)
 
-NAMES = ("adam", "sgd", "sgd_momentum")
-FLAGS = ("-O3", "-fno-math-errno", "-shared", "-fPIC")   # no -march: the cache may be shared
+OPTIMIZER_KERNELS = ("adam", "sgd", "sgd_momentum")
+STEP_KERNELS = ("bias_relu", "bias_leaky_relu", "relu_backward", "leaky_relu_backward",
+                "tanh_backward", "sigmoid_backward", "reparameterize_kl", "reparameterize_kl_backward")
+NAMES = OPTIMIZER_KERNELS + STEP_KERNELS
+# no -march (the cache may be shared; the functions carry their own instruction sets); no
+# trapping maths, so that a comparison inside a loop can be vectorized; no fused multiply-add
+# contraction, so that a result does not depend on which instruction set ran
+FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd",
+         "-shared", "-fPIC")
 C_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+
+# The Bernoulli NLL for the CPU. The CUDA kernel "bernoulli" writes every entry's NLL, then a
+# device-wide sum adds them up; a CPU loop adds them as it goes. With e = exp(-|l|):
+#     nll = max(l, 0) - x l + log(1 + e),   l <- scale (sigma(l) - x),   sigma(l) = [l >= 0 ? 1 : e] / (1 + e).
+# Everything is computed in double and the sum kept in double. The logs: sum log(1 + e) = log of the
+# product of the factors (1 + e) of a group of entries (each factor in (1, 2]: a product of GROUP
+# of them stays below 2^GROUP, no overflow), one log per group instead of a log1p per entry. For
+# float data exp is a polynomial that the compiler vectorizes (relative error < 1e-9, far below
+# float's 6e-8); for double data it is the library's exp.
+BERNOULLI_SOURCE = r"""
+static const long long GROUP = 256;
+
+// exp(x) for x <= 0, to float accuracy: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor
+// series to r^8 (remainder < 2e-10 relative), 2^n put into the exponent bits. n comes out of the
+// rounding of x / ln2 + 1.5 * 2^52, whose low bits hold n; below -104 the result (< 7e-46)
+// rounds to 0 in float anyway.
+static inline double exp_nonpositive(double x, float) {
+  const double ROUND = 6755399441055744.0;  // 1.5 * 2^52
+  x = x < -104.0 ? -104.0 : x;
+  const double shifted = x * 1.4426950408889634 + ROUND;
+  const double n = shifted - ROUND;
+  const double r = x - n * 0.6931471805599453;
+  double p = 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  long long bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits + 1023) << 52;   // the low bits hold n: 2^n as a double
+  double two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+static inline double exp_nonpositive(double x, double) { return std::exp(x); }
+
+// Sum of the NLL of a (rows, cols) block; the logits l become scale (sigma(l) - x).
+extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long long rows,
+                                        long long cols, long long ld_l, long long ld_x) {
+  double linear = 0.0, logs = 0.0;
+  for (long long r = 0; r < rows; ++r) {
+    T* l = _l + r * ld_l;
+    const T* x = _x + r * ld_x;
+    for (long long j0 = 0; j0 < cols; j0 += GROUP) {
+      const long long j1 = j0 + GROUP < cols ? j0 + GROUP : cols;
+      double product = 1.0;
+#pragma omp simd reduction(+:linear) reduction(*:product)
+      for (long long j = j0; j < j1; ++j) {
+        const double v = l[j], xj = x[j];
+        const double e = exp_nonpositive(-std::fabs(v), T());
+        linear += (v > 0.0 ? v : 0.0) - xj * v;
+        product *= 1.0 + e;
+        l[j] = (T)(scale * ((v >= 0.0 ? 1.0 : e) / (1.0 + e) - xj));
+      }
+      logs += std::log(product);
+    }
+  }
+  return linear + logs;
+}
+"""
 
 _lock = threading.Lock()
 _loaded = {}     # dtype name -> HostKernels or None
@@ -43,42 +125,176 @@ _status = {}     # dtype name -> what happened
 
 
 class HostKernels:
-    """The compiled optimizer kernels for one dtype, with the signatures of
-    :class:`minivae.kernels.CupyKernels`' ``adam``, ``sgd`` and ``sgd_momentum`` (flat,
-    contiguous arrays of the library's dtype; scalars as Python numbers)."""
+    """The compiled kernels for one dtype. :meth:`launch` runs any of :data:`NAMES` over a
+    (rows, cols) grid; ``adam``, ``sgd``, ``sgd_momentum`` have the signatures of
+    :class:`minivae.kernels.CupyKernels`' (flat, contiguous arrays; scalars as Python numbers);
+    :meth:`bernoulli` returns the loss sum."""
 
-    def __init__(self, library, c_scalar):
+    def __init__(self, library, dtype, c_scalar):
+        self.dtype = np.dtype(dtype)
         self.functions = {}
         for name in NAMES:
-            function = getattr(library, name)
             in_params, out_params, _ = CUDA_KERNELS[name]
-            scalars = SCALAR_PARAMS.get(name, ())
             params = kernel_params(in_params) + kernel_params(out_params)
-            function.argtypes = [c_scalar if pname in scalars else ctypes.c_void_p
-                                 for _, pname, _ in params] + [ctypes.c_longlong]   # + n
+            scalars = SCALAR_PARAMS.get(name, ())
+            # per parameter: "scalar", "raw" (a pointer) or "array" (a pointer and a row stride)
+            kinds = ["scalar" if pname in scalars else "raw" if raw else "array" for _, pname, raw in params]
+            function = getattr(library, name)
+            function.argtypes = (
+                [(ctypes.c_int if ctype == "int32" else c_scalar) if kind == "scalar" else ctypes.c_void_p
+                 for (ctype, _, _), kind in zip(params, kinds)]
+                + [ctypes.c_longlong] * (2 + kinds.count("array")))      # rows, cols, row strides
             function.restype = None
-            self.functions[name] = function
+            self.functions[name] = (function, kinds)
+        self._bernoulli = library.bernoulli
+        self._bernoulli.argtypes = [ctypes.c_void_p, ctypes.c_void_p, c_scalar] + [ctypes.c_longlong] * 4
+        self._bernoulli.restype = ctypes.c_double
+
+    def launch(self, name, rows, cols, *args):
+        """Run kernel ``name`` over a (rows, cols) grid, its arguments in the CUDA kernel's order:
+        an array operand is (rows, cols) with contiguous rows, or a (cols,) vector that every row
+        shares; a raw operand is a contiguous pointer. Returns False, and runs nothing, when an
+        array does not have that layout or the library's dtype."""
+        function, kinds = self.functions[name]
+        pointers, strides = [], []
+        for kind, a in zip(kinds, args):
+            if kind == "scalar":
+                pointers.append(a)
+                continue
+            if a.dtype != self.dtype or not a.flags.aligned:
+                return False
+            if kind == "array":
+                stride = row_stride(a, rows, cols)
+                if stride is None:
+                    return False
+                strides.append(stride)
+            pointers.append(a.ctypes.data)
+        function(*pointers, rows, cols, *strides)
+        return True
+
+    def bernoulli(self, logits, x, scale):
+        """The sum of the Bernoulli NLL of the logits (L N, D) with targets ``x`` (N, D), matched
+        to each of the L row blocks, as a float; ``logits`` overwritten by scale (sigma(logits) - x).
+        None, and nothing done, when a layout does not fit (see :meth:`launch`)."""
+        (M, D), N = logits.shape, x.shape[0]
+        ld_l, ld_x = row_stride(logits, M, D), row_stride(x, N, D)
+        if (ld_l is None or ld_x is None or x.ndim != 2 or N == 0 or M % N
+                or logits.dtype != self.dtype or x.dtype != self.dtype
+                or not (logits.flags.aligned and x.flags.aligned)):
+            return None
+        start, step = logits.ctypes.data, N * ld_l * self.dtype.itemsize
+        return sum(self._bernoulli(start + k * step, x.ctypes.data, scale, N, D, ld_l, ld_x)
+                   for k in range(M // N))
 
     def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r):
-        self.functions["adam"](g.ctypes.data, beta1, beta2, step_size, eps_hat,
-                               p.ctypes.data, s.ctypes.data, r.ctypes.data, p.size)
+        self._flat("adam", g, beta1, beta2, step_size, eps_hat, p, s, r)
 
     def sgd(self, g, lr, p):
-        self.functions["sgd"](g.ctypes.data, lr, p.ctypes.data, p.size)
+        self._flat("sgd", g, lr, p)
 
     def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity):
-        self.functions["sgd_momentum"](g.ctypes.data, lr, momentum, nesterov,
-                                       p.ctypes.data, velocity.ctypes.data, p.size)
+        self._flat("sgd_momentum", g, lr, momentum, nesterov, p, velocity)
+
+    def _flat(self, name, g, *args):
+        if not self.launch(name, 1, g.size, g, *args):
+            raise ValueError(f"{name}: the vectors must be contiguous {self.dtype.name} of one length")
+
+
+def row_stride(a, rows, cols):
+    """The row stride, in elements, of ``a`` as a (rows, cols) operand: its own for a (rows, cols)
+    array with contiguous rows, 0 for a (cols,) vector; None for any other shape or layout."""
+    if a.ndim == 1:
+        return 0 if a.shape[0] == cols and (cols <= 1 or a.strides[0] == a.itemsize) else None
+    if a.ndim != 2 or a.shape != (rows, cols) or (cols > 1 and a.strides[1] != a.itemsize):
+        return None
+    stride, remainder = divmod(a.strides[0], a.itemsize)
+    return stride if remainder == 0 else None
+
+
+class CompiledKernels(ArrayKernels):
+    """:class:`~minivae.kernels.ArrayKernels` (NumPy) with the step's passes compiled where the
+    library is built (see the module's docstring): the same formulas as the CUDA kernels, one
+    call each. Any other case (another activation, dtype or layout, no library) runs the array
+    operations."""
+
+    def _library(self, a):
+        return get(a.dtype) if a.dtype.kind == "f" else None
+
+    def bias_activation(self, pre, b, activation, out, tmp):
+        library = self._library(pre)
+        if library is not None and pre.ndim == 2:
+            rows, cols = pre.shape
+            if (activation == "relu" and out.ctypes.data == pre.ctypes.data
+                    and library.launch("bias_relu", rows, cols, b, out)):
+                return out
+            if activation == "leaky_relu" and library.launch("bias_leaky_relu", rows, cols, b,
+                                                             LEAKY_RELU_SLOPE, pre, out):
+                return out
+        return super().bias_activation(pre, b, activation, out, tmp)
+
+    def activation_backward(self, dh, activation, out, pre, tmp, tmp2):
+        library = self._library(dh)
+        if library is not None and dh.ndim == 2:
+            rows, cols = dh.shape
+            if activation == "leaky_relu":
+                ran = library.launch("leaky_relu_backward", rows, cols, pre, LEAKY_RELU_SLOPE, dh)
+            elif activation in ("relu", "tanh", "sigmoid"):
+                ran = library.launch(f"{activation}_backward", rows, cols, out, dh)
+            else:
+                ran = False
+            if ran:
+                return dh
+        return super().activation_backward(dh, activation, out, pre, tmp, tmp2)
+
+    def reparameterize_kl(self, mu, logvar, eps, z, sigma, tmp):
+        library, NK = self._library(mu), _sample_stride(eps, z)
+        if (library is not None and NK is not None and mu.ndim == 2
+                and library.launch("reparameterize_kl", *mu.shape, mu, logvar, eps, eps.shape[0], NK, tmp, z)):
+            return self.xp.add.reduce(tmp, axis=None)
+        return super().reparameterize_kl(mu, logvar, eps, z, sigma, tmp)
+
+    def reparameterize_kl_backward(self, dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp):
+        library, NK = self._library(mu), _sample_stride(eps, dz)
+        if (library is not None and NK is not None and mu.ndim == 2
+                and library.launch("reparameterize_kl_backward", *mu.shape, mu, logvar, dz, eps,
+                                   eps.shape[0], NK, c, dmu, dlogvar)):
+            return
+        # the array operations read sigma, which the compiled forward pass does not write
+        self.xp.multiply(logvar, 0.5, out=sigma)
+        self.xp.exp(sigma, out=sigma)
+        super().reparameterize_kl_backward(dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp)
+
+    def bernoulli(self, logits, x, scale, tmp, tmp2):
+        library = self._library(logits)
+        total = None if library is None else library.bernoulli(logits, x, scale)
+        if total is None:
+            return super().bernoulli(logits, x, scale, tmp, tmp2)
+        return logits.dtype.type(total)
+
+
+def _sample_stride(eps, other):
+    """The stride (elements) between the samples of ``eps`` (L, rows, K), when ``eps`` and
+    ``other`` share one layout with contiguous (rows, K) blocks (the raw indexing of the
+    reparameterization kernels); else None."""
+    if eps.ndim != 3 or other.shape != eps.shape or other.strides != eps.strides:
+        return None
+    L, rows, K = eps.shape
+    if K > 1 and eps.strides[2] != eps.itemsize or rows > 1 and eps.strides[1] != K * eps.itemsize:
+        return None
+    stride, remainder = divmod(eps.strides[0], eps.itemsize)
+    return stride if remainder == 0 else None
 
 
 def get(dtype):
     """The compiled kernels for NumPy arrays of ``dtype`` (float32 or float64), or None."""
     key = np.dtype(dtype).name
-    if key not in _loaded:
+    kernels = _loaded.get(key, False)
+    if kernels is False:
         with _lock:
             if key not in _loaded:
                 _loaded[key] = _load(key)
-    return _loaded[key]
+            kernels = _loaded[key]
+    return kernels
 
 
 def status():
@@ -99,13 +315,19 @@ def find_compiler():
         (found for found in map(shutil.which, ("c++", "g++", "clang++")) if found), None)
 
 
+def library_source(dtype):
+    """The C++ source of the CPU kernels for ``dtype`` ("float32" or "float64")."""
+    source = host_library_source(C_TYPES[dtype][0], NAMES)
+    return source.replace("#include <cmath>", "#include <cmath>\n#include <cstring>", 1) + BERNOULLI_SOURCE
+
+
 def library_source_and_path(dtype, compiler):
     """The C++ source of the kernels for ``dtype`` and the cache path of their library: named
     after the hash of the source, the compiler, the flags and the machine."""
     c_name = C_TYPES[dtype][0]
-    source = host_library_source(c_name, NAMES)
+    source = library_source(dtype)
     key = "\n".join([source, compiler, *FLAGS, platform.machine()])
-    return source, cache_dir() / f"optimizer_{c_name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    return source, cache_dir() / f"kernels_{c_name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
 def _load(dtype):
@@ -119,11 +341,10 @@ def _load(dtype):
     if compiler is None:
         _status[dtype] = "NumPy passes: no C++ compiler found"
         return None
-    c_name, c_scalar = C_TYPES[dtype]
     source, path = library_source_and_path(dtype, compiler)
     try:
         path = _build(source, compiler, path)
-        kernels = HostKernels(ctypes.CDLL(str(path)), c_scalar)
+        kernels = HostKernels(ctypes.CDLL(str(path)), dtype, C_TYPES[dtype][1])
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
         _status[dtype] = f"NumPy passes: building the kernels failed ({type(error).__name__}: {error})"
         return None

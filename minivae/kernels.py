@@ -1,5 +1,5 @@
 """The fused elementwise kernels of the fast training step, written twice: as array operations and
-as CUDA source.
+as CUDA source (which :mod:`minivae.host_kernels` also compiles for the CPU).
 
 The fast step (:mod:`minivae.engine`) spends its time in the matrix products and in a handful of
 elementwise passes: bias + activation, the activation's derivative, the reparameterization with the
@@ -13,6 +13,8 @@ KL term, the reconstruction loss with its gradient, and the optimizer update. Ea
 * :class:`CupyKernels` — the same formulas as CUDA source, one launch per pass
   (``cupy.ElementwiseKernel``), selected when the backend is CuPy. Every source is listed in
   :data:`CUDA_KERNELS` so that a test can compile it with NVRTC on a machine without a GPU.
+* On NumPy, where a C++ compiler is at hand, the same CUDA formulas wrapped in C++ loops
+  (:func:`host_function`) replace the hot array passes: :class:`minivae.host_kernels.CompiledKernels`.
 
 The formulas (``l`` logits, ``x`` data, ``s`` a scale, ``e = exp(-|l|)``):
 
@@ -264,7 +266,8 @@ class ArrayKernels:
 # (input params, output params, body). ``T`` is float or double; outputs are read-write references;
 # ``i`` is the element index and ``raw`` params are indexed by hand (contiguous buffers).
 CUDA_KERNELS = {
-    "bias_relu": ("T b", "T h", "h = fmax(h + b, (T)0);"),
+    # (a comparison rather than fmax: C++ compilers vectorize it for the CPU; the same for NaN: 0)
+    "bias_relu": ("T b", "T h", "T v = h + b; h = v > (T)0 ? v : (T)0;"),
     "bias_tanh": ("T b", "T h", "h = tanh(h + b);"),
     "bias_sigmoid": ("T b", "T h",
                      "T x = h + b; T e = exp(-fabs(x)); h = (x >= (T)0 ? (T)1 : e) / ((T)1 + e);"),
@@ -321,14 +324,26 @@ def kernel_params(spec):
 def standalone_source(name, dtype="float", host=False):
     """The kernel ``name`` as a self-contained ``extern "C"`` function: a ``__global__`` CUDA
     kernel (``host=False``, for compiling with NVRTC as CuPy would compile the body), or a plain
-    C++ loop over ``i`` (``host=True``) that a test compiles for the CPU and runs on NumPy arrays.
+    C++ loop for the CPU (``host=True``, see :func:`host_function`).
 
-    Every non-raw array parameter is a contiguous pointer indexed by ``i`` (pass broadcast arrays
-    expanded); scalars (``T`` or ``int32`` params called with a Python number) are passed by value
-    when ``scalars`` names them: here every param whose name is in the kernel's scalar list."""
-    in_params, out_params, body = CUDA_KERNELS[name]
+    CUDA form: every non-raw array parameter is a contiguous pointer indexed by ``i`` (pass
+    broadcast arrays expanded), the last argument the element count ``n``. Scalars (the params
+    named in :data:`SCALAR_PARAMS`) are passed by value."""
+    if host:
+        return host_library_source(dtype, [name])
+    args, bind = _signature(name, {"T": "T", "int32": "int"})
+    lines = [f"typedef {dtype} T;",
+             f'extern "C" __global__ void {name}({", ".join(args + ["long long n"])}) {{',
+             "  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+             "  if (i < n) {"]
+    lines += ["    " + b.replace("[j]", "[i]") for b in bind] + [f"    {CUDA_KERNELS[name][2]}", "  }", "}"]
+    return "\n".join(lines)
+
+
+def _signature(name, types):
+    """(C arguments, per-element bindings ``const T x = _x[j];`` / ``T& y = _y[j];``) of a kernel."""
+    in_params, out_params, _ = CUDA_KERNELS[name]
     scalars = SCALAR_PARAMS.get(name, ())
-    types = {"T": "T", "int32": "int"}
     args, bind = [], []
     for kind, (ctype, pname, raw) in [("in", p) for p in kernel_params(in_params)] + \
             [("out", p) for p in kernel_params(out_params)]:
@@ -339,32 +354,51 @@ def standalone_source(name, dtype="float", host=False):
             args.append(f"{'const ' if kind == 'in' else ''}{t}* {pname}")
         else:
             args.append(f"{'const ' if kind == 'in' else ''}{t}* _{pname}")
-            bind.append(f"const {t} {pname} = _{pname}[i];" if kind == "in"
-                        else f"{t}& {pname} = _{pname}[i];")
-    args.append("long long n")
-    lines = [f"typedef {dtype} T;"]
-    if host:
-        lines += ["#include <cmath>", "using std::exp; using std::fabs; using std::fmax; "
-                  "using std::log1p; using std::sqrt; using std::tanh;",
-                  f'extern "C" void {name}({", ".join(args)}) {{',
-                  "  for (long long i = 0; i < n; ++i) {"]
-    else:
-        lines += [f'extern "C" __global__ void {name}({", ".join(args)}) {{',
-                  "  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-                  "  if (i < n) {"]
-    lines += ["    " + b for b in bind] + [f"    {body}", "  }", "}"]
-    return "\n".join(lines)
+            bind.append(f"const {t} {pname} = _{pname}[j];" if kind == "in" else f"{t}& {pname} = _{pname}[j];")
+    return args, bind
+
+
+def host_function(name):
+    """The kernel ``name`` as a C++ loop over a (rows, cols) grid, for the CPU.
+
+    Each non-raw array parameter ``x`` is a pointer to a (rows, cols) array with contiguous rows
+    and a row stride ``ld_x`` (0: a (cols,) vector that every row shares, as a bias broadcasts);
+    the arguments are the kernel's parameters, then ``rows, cols``, then the row strides in
+    parameter order. The body sees ``i = row cols + col``, the element's index in a contiguous
+    (rows, cols) array, as a CUDA kernel sees its element index (``raw`` arrays are indexed by
+    it). The inner loop has no calls for the kernels without transcendental functions, so that the
+    compiler vectorizes it."""
+    args, bind = _signature(name, {"T": "T", "int32": "int"})
+    arrays = [b.split("_", 1)[1].split("[", 1)[0] for b in bind]
+    args += ["long long rows", "long long cols"] + [f"long long ld_{a}" for a in arrays]
+    # (row_, col_: no kernel has a parameter of that name)
+    rows = [b.replace(f"_{a}[j]", f"_{a}[row_ * ld_{a} + col_]") for a, b in zip(arrays, bind)]
+    return "\n".join([f'extern "C" HOST_KERNEL void {name}({", ".join(args)}) {{',
+                      "  for (long long row_ = 0; row_ < rows; ++row_) {",
+                      "    for (long long col_ = 0; col_ < cols; ++col_) {",
+                      "      const long long i = row_ * cols + col_; (void)i;"]
+                     + ["      " + b for b in rows]
+                     + [f"      {CUDA_KERNELS[name][2]}", "    }", "  }", "}"])
+
+
+# Compiled for the CPU: plain C++, every function built for several instruction sets on x86-64
+# with GCC or Clang (``target_clones``: the loader picks the best one the processor has).
+HOST_PREAMBLE = """#include <cmath>
+using std::exp; using std::fabs; using std::fmax; using std::log1p; using std::sqrt; using std::tanh;
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 6) && defined(__linux__)
+#define HOST_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HOST_KERNEL
+#endif
+"""
 
 
 def host_library_source(dtype="double", names=None):
-    """The kernels ``names`` (default: every kernel) as plain C++ functions in one translation
-    unit: for checking the CUDA formulas on the CPU (``tests/test_kernels.py``) and for the
-    compiled optimizer updates of :mod:`minivae.host_kernels`."""
-    parts = []
-    for i, name in enumerate(CUDA_KERNELS if names is None else names):
-        lines = standalone_source(name, dtype, host=True).split("\n")
-        parts.append("\n".join(lines if i == 0 else lines[3:]))
-    return "\n".join(parts) + "\n"
+    """The kernels ``names`` (default: every kernel) as C++ functions in one translation unit
+    (:func:`host_function`): for checking the CUDA formulas on the CPU (``tests/test_kernels.py``)
+    and for the compiled CPU kernels of :mod:`minivae.host_kernels`."""
+    functions = [host_function(name) for name in (CUDA_KERNELS if names is None else names)]
+    return "\n".join([f"typedef {dtype} T;", HOST_PREAMBLE, *functions]) + "\n"
 
 
 # the parameters each kernel receives as Python scalars (all others are arrays)
@@ -467,10 +501,15 @@ _kernels = {}
 
 
 def get_kernels(backend):
-    """The kernels for ``backend``: fused CUDA kernels on CuPy, array operations elsewhere."""
+    """The kernels for ``backend``: fused CUDA kernels on CuPy; on NumPy the array operations with
+    the hot passes compiled for the CPU where a compiler is at hand (:mod:`minivae.host_kernels`);
+    array operations on the strict stand-in."""
     if backend.name not in _kernels:
         if backend.name == "cupy":
             _kernels[backend.name] = CupyKernels(backend.xp)
+        elif backend.name == "numpy":
+            from minivae.host_kernels import CompiledKernels
+            _kernels[backend.name] = CompiledKernels(backend.xp)
         else:
             _kernels[backend.name] = ArrayKernels(backend.xp)
     return _kernels[backend.name]

@@ -1,6 +1,8 @@
 """The fused kernels of the fast step, proven without a GPU.
 
-1. The array kernels (NumPy / strict) equal the readable ops of layers, likelihoods and gaussian.
+1. The array kernels (NumPy / strict), and on NumPy the same kernels with their hot passes compiled
+   for the CPU (:class:`minivae.host_kernels.CompiledKernels`), equal the readable ops of layers,
+   likelihoods and gaussian.
 2. Every CUDA kernel source compiles with NVRTC, in float and double (skipped without NVRTC).
 3. The CUDA formulas themselves are checked on the CPU: the same kernel bodies are compiled as
    plain C++ (skipped without a C++ compiler), run on NumPy arrays through a stand-in for
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 import minivae
+from minivae import host_kernels
 from minivae import kernels as K
 from minivae.gaussian import (kl_standard_normal, kl_standard_normal_backward, reparameterize,
                               reparameterize_backward)
@@ -23,6 +26,7 @@ from minivae.layers import get_activation
 from minivae.likelihoods import (bernoulli_nll, bernoulli_nll_backward, gaussian_nll,
                                  gaussian_nll_backward, gaussian_nll_fixed,
                                  gaussian_nll_fixed_backward)
+from minivae.backend import cupy_gpu_available
 from minivae.step import TrainStep
 
 RTOL = 1e-12
@@ -39,10 +43,26 @@ def arrays(backend, *shapes, seed=0, scale=2.0):
 
 # --- 1. array kernels vs the readable ops ---------------------------------------------------------
 
+KERNEL_CASES = [("numpy", "array"), ("numpy", "compiled"), ("strict", "array")] + \
+    ([("cupy", "array")] if cupy_gpu_available() else [])
+
+
+@pytest.fixture(params=KERNEL_CASES, ids=lambda case: "-".join(case))
+def backend_kernels(request):
+    """(backend, kernels): the array operations on every backend, and on NumPy also the kernels
+    with the hot passes compiled for the CPU (skipped where they cannot be built)."""
+    backend = minivae.get_backend(request.param[0])
+    if request.param[1] == "array":
+        return backend, K.ArrayKernels(backend.xp)
+    if host_kernels.get("float64") is None or host_kernels.get("float32") is None:
+        pytest.skip(f"no compiled CPU kernels: {host_kernels.status()}")
+    return backend, host_kernels.CompiledKernels(backend.xp)
+
+
 @pytest.mark.parametrize("activation", K.ACTIVATIONS)
-def test_bias_activation_and_backward(backend, activation):
+def test_bias_activation_and_backward(backend_kernels, activation):
+    backend, k = backend_kernels
     xp = backend.xp
-    k = K.ArrayKernels(xp)
     x, b, dout = arrays(backend, (5, 7), (7,), (5, 7))
     forward, backward = get_activation(activation)
     expected_out, cache = forward(x + b)
@@ -57,9 +77,9 @@ def test_bias_activation_and_backward(backend, activation):
 
 
 @pytest.mark.parametrize("L", [1, 3])
-def test_reparameterize_kl(backend, L):
+def test_reparameterize_kl(backend_kernels, L):
+    backend, k = backend_kernels
     xp = backend.xp
-    k = K.ArrayKernels(xp)
     mu, logvar, dz = arrays(backend, (4, 3), (4, 3), (L, 4, 3), scale=0.7)
     (eps,) = arrays(backend, (L, 4, 3), seed=1, scale=1.0)
     z_ref, cache = reparameterize(mu, logvar, eps)
@@ -79,12 +99,12 @@ def test_reparameterize_kl(backend, L):
 
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("N, block", [(30, K.BLOCK), (30, 7), (4, 5)])
-def test_bernoulli(backend, L, N, block, monkeypatch):
+def test_bernoulli(backend_kernels, L, N, block, monkeypatch):
     """One block, blocks of one row (7 entries each), and blocks too small for a product group
     of :meth:`sum_log_products` (30 x 7 = 210 entries: 3 groups of 64 and a remainder of 18)."""
     monkeypatch.setattr(K, "BLOCK", block)
+    backend, k = backend_kernels
     xp = backend.xp
-    k = K.ArrayKernels(xp)
     (logits,) = arrays(backend, (L, N, 7), scale=5.0)
     x = backend.to_device(np.random.default_rng(2).uniform(size=(N, 7)))
     nll_ref, cache = bernoulli_nll(logits, x)
@@ -96,9 +116,18 @@ def test_bernoulli(backend, L, N, block, monkeypatch):
     close(work, dl_ref.reshape(L * N, 7))
 
 
-def test_bernoulli_float32_accuracy_on_an_mnist_sized_batch():
+# gradient tolerance in float32 epsilons: the array passes round each step; the compiled pass
+# computes in double and rounds once
+BERNOULLI_FLOAT32_GRAD_EPS = {K.ArrayKernels: 2.0, host_kernels.CompiledKernels: 0.5}
+
+
+@pytest.mark.parametrize("kind", ["array", "compiled"])
+def test_bernoulli_float32_accuracy_on_an_mnist_sized_batch(kind):
     """float32, 256 x 784 logits of all sizes: the loss agrees with a float64 log1p reference to
     float32 precision of the sum, and every gradient entry to float32 rounding."""
+    if kind == "compiled" and host_kernels.get("float32") is None:
+        pytest.skip(f"no compiled CPU kernels: {host_kernels.status()}")
+    kernels = (K.ArrayKernels if kind == "array" else host_kernels.CompiledKernels)(np)
     rng = np.random.default_rng(5)
     logits = (6.0 * rng.standard_normal((256, 784))).astype(np.float32)
     x = (rng.uniform(size=(256, 784)) < 0.3).astype(np.float32)
@@ -106,10 +135,11 @@ def test_bernoulli_float32_accuracy_on_an_mnist_sized_batch():
     nll64 = np.maximum(l64, 0) + np.log1p(np.exp(-np.abs(l64))) - x64 * l64
     sigma64 = np.exp(np.minimum(l64, 0)) / (1 + np.exp(-np.abs(l64)))
     work = logits.copy()
-    total = K.ArrayKernels(np).bernoulli(work, x, 1.0, np.empty_like(work), np.empty_like(work))
+    total = kernels.bernoulli(work, x, 1.0, np.empty_like(work), np.empty_like(work))
     assert total.dtype == np.float32
     assert abs(float(total) - nll64.sum()) <= 2e-6 * np.abs(nll64).sum()
-    np.testing.assert_allclose(work, sigma64 - x64, rtol=0, atol=2 * np.finfo(np.float32).eps)
+    atol = BERNOULLI_FLOAT32_GRAD_EPS[type(kernels)] * np.finfo(np.float32).eps
+    np.testing.assert_allclose(work, sigma64 - x64, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 1000])
@@ -122,9 +152,9 @@ def test_sum_log_products_equals_sum_of_log1p(size):
     assert abs(total - expected) <= 4e-16 * size + 1e-15 * expected
 
 
-def test_bernoulli_extreme_logits_stay_finite(backend):
+def test_bernoulli_extreme_logits_stay_finite(backend_kernels):
+    backend, k = backend_kernels
     xp = backend.xp
-    k = K.ArrayKernels(xp)
     for dtype in ("float32", "float64"):
         logits = backend.to_device(np.array([[-1000.0, -90.0, 0.0, 90.0, 1000.0]]), dtype)
         x = backend.to_device(np.array([[0.0, 1.0, 0.5, 0.0, 1.0]]), dtype)
@@ -260,7 +290,9 @@ class HostElementwiseKernel:
                 buffer = np.ascontiguousarray(np.broadcast_to(a, shape))
             call.append(buffer.ctypes.data_as(ctypes.c_void_p))
             a = buffer
-        call.append(ctypes.c_longlong(int(np.prod(shape))))
+        # one row of all the elements (rows=1, cols=n); every array contiguous (row stride unused)
+        call += [ctypes.c_longlong(1), ctypes.c_longlong(int(np.prod(shape)))]
+        call += [ctypes.c_longlong(0)] * len(shaped)
         self.function(*call)
         for target, buffer in copy_back:
             if target is not buffer:
