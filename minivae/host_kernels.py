@@ -120,7 +120,7 @@ extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long 
 """
 
 _lock = threading.Lock()
-_loaded = {}     # dtype name -> HostKernels or None
+_loaded = {}     # dtype name (and dtype object) -> HostKernels or None
 _status = {}     # dtype name -> what happened
 
 
@@ -287,13 +287,15 @@ def _sample_stride(eps, other):
 
 def get(dtype):
     """The compiled kernels for NumPy arrays of ``dtype`` (float32 or float64), or None."""
-    key = np.dtype(dtype).name
-    kernels = _loaded.get(key, False)
+    kernels = _loaded.get(dtype, False)      # dtype as given: the step asks with array.dtype
     if kernels is False:
+        key = np.dtype(dtype).name
         with _lock:
             if key not in _loaded:
                 _loaded[key] = _load(key)
             kernels = _loaded[key]
+        if isinstance(dtype, np.dtype):
+            _loaded[dtype] = kernels
     return kernels
 
 
