@@ -20,13 +20,13 @@ import pytest
 import minivae
 from minivae import host_kernels
 from minivae import kernels as K
+from minivae.backend import cupy_gpu_available
 from minivae.gaussian import (kl_standard_normal, kl_standard_normal_backward, reparameterize,
                               reparameterize_backward)
 from minivae.layers import get_activation
 from minivae.likelihoods import (bernoulli_nll, bernoulli_nll_backward, gaussian_nll,
                                  gaussian_nll_backward, gaussian_nll_fixed,
                                  gaussian_nll_fixed_backward)
-from minivae.backend import cupy_gpu_available
 from minivae.step import TrainStep
 
 RTOL = 1e-12
