@@ -63,6 +63,8 @@ C_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_
 # float data exp is a polynomial that the compiler vectorizes (relative error < 2e-10, far below
 # float's 6e-8); for double data it is the library's exp.
 BERNOULLI_SOURCE = r"""
+#include <cstring>
+
 static const long long GROUP = 256;
 
 // exp(x) for x <= 0, to float accuracy: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor
@@ -319,8 +321,7 @@ def find_compiler():
 
 def library_source(dtype):
     """The C++ source of the CPU kernels for ``dtype`` ("float32" or "float64")."""
-    source = host_library_source(C_TYPES[dtype][0], NAMES)
-    return source.replace("#include <cmath>", "#include <cmath>\n#include <cstring>", 1) + BERNOULLI_SOURCE
+    return host_library_source(C_TYPES[dtype][0], NAMES) + BERNOULLI_SOURCE
 
 
 def library_source_and_path(dtype, compiler):

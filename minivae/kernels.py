@@ -331,20 +331,21 @@ def standalone_source(name, dtype="float", host=False):
     named in :data:`SCALAR_PARAMS`) are passed by value."""
     if host:
         return host_library_source(dtype, [name])
-    args, bind = _signature(name, {"T": "T", "int32": "int"})
+    args, elements = _signature(name)
     lines = [f"typedef {dtype} T;",
              f'extern "C" __global__ void {name}({", ".join(args + ["long long n"])}) {{',
              "  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
              "  if (i < n) {"]
-    lines += ["    " + b.replace("[j]", "[i]") for b in bind] + [f"    {CUDA_KERNELS[name][2]}", "  }", "}"]
-    return "\n".join(lines)
+    lines += ["    " + _bind(pname, kind, "i") for pname, kind in elements]
+    return "\n".join(lines + [f"    {CUDA_KERNELS[name][2]}", "  }", "}"])
 
 
-def _signature(name, types):
-    """(C arguments, per-element bindings ``const T x = _x[j];`` / ``T& y = _y[j];``) of a kernel."""
+def _signature(name):
+    """(the C arguments of kernel ``name``, its elementwise arrays as [(name, "in" | "out")])."""
     in_params, out_params, _ = CUDA_KERNELS[name]
     scalars = SCALAR_PARAMS.get(name, ())
-    args, bind = [], []
+    types = {"T": "T", "int32": "int"}
+    args, elements = [], []
     for kind, (ctype, pname, raw) in [("in", p) for p in kernel_params(in_params)] + \
             [("out", p) for p in kernel_params(out_params)]:
         t = types[ctype]
@@ -354,8 +355,14 @@ def _signature(name, types):
             args.append(f"{'const ' if kind == 'in' else ''}{t}* {pname}")
         else:
             args.append(f"{'const ' if kind == 'in' else ''}{t}* _{pname}")
-            bind.append(f"const {t} {pname} = _{pname}[j];" if kind == "in" else f"{t}& {pname} = _{pname}[j];")
-    return args, bind
+            elements.append((pname, kind))
+    return args, elements
+
+
+def _bind(pname, kind, index):
+    """The body's name for one element of an elementwise array: a copy of an input, a reference
+    to an output."""
+    return f"const T {pname} = _{pname}[{index}];" if kind == "in" else f"T& {pname} = _{pname}[{index}];"
 
 
 def host_function(name):
@@ -368,16 +375,14 @@ def host_function(name):
     (rows, cols) array, as a CUDA kernel sees its element index (``raw`` arrays are indexed by
     it). The inner loop has no calls for the kernels without transcendental functions, so that the
     compiler vectorizes it."""
-    args, bind = _signature(name, {"T": "T", "int32": "int"})
-    arrays = [b.split("_", 1)[1].split("[", 1)[0] for b in bind]
-    args += ["long long rows", "long long cols"] + [f"long long ld_{a}" for a in arrays]
+    args, elements = _signature(name)
+    args += ["long long rows", "long long cols"] + [f"long long ld_{pname}" for pname, _ in elements]
     # (row_, col_: no kernel has a parameter of that name)
-    rows = [b.replace(f"_{a}[j]", f"_{a}[row_ * ld_{a} + col_]") for a, b in zip(arrays, bind)]
     return "\n".join([f'extern "C" HOST_KERNEL void {name}({", ".join(args)}) {{',
                       "  for (long long row_ = 0; row_ < rows; ++row_) {",
                       "    for (long long col_ = 0; col_ < cols; ++col_) {",
                       "      const long long i = row_ * cols + col_; (void)i;"]
-                     + ["      " + b for b in rows]
+                     + ["      " + _bind(pname, kind, f"row_ * ld_{pname} + col_") for pname, kind in elements]
                      + [f"      {CUDA_KERNELS[name][2]}", "    }", "  }", "}"])
 
 
