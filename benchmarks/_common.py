@@ -144,7 +144,7 @@ class SplitGemmFloor(GemmFloor):
     ROW_PRODUCTS, DECODER_DW, ENCODER_DW = (0, 1, 2, 3, 5, 7, 9), (4, 6), (8, 10)
 
     def __init__(self, N):
-        from minivae.threads import PairRunner
+        from minivae.fast.threads import PairRunner
         super().__init__("numpy", N)
         h = N // 2
         rows = [self.products[i] for i in self.ROW_PRODUCTS]
@@ -155,7 +155,7 @@ class SplitGemmFloor(GemmFloor):
         self.runner = PairRunner()
 
     def __call__(self):
-        from minivae.threads import single_threaded_blas
+        from minivae.fast.threads import single_threaded_blas
         with single_threaded_blas():
             self.runner.run_phases(self.phases)
 
@@ -225,7 +225,7 @@ class Worker:
         except ImportError:
             pass
         if self.name == "numpy":
-            from minivae import host_kernels
+            from minivae.fast import cpu_library as host_kernels
             host_kernels.get("float32")
             out["kernels"] = host_kernels.status()["float32"]   # compiled, or NumPy passes
         if self.name.startswith("torch"):

@@ -4,7 +4,7 @@ PyTorch's examples/vae (main.py) trains 784-400-20 ReLU with a sigmoid output, B
 pixels plus the KL, Adam 1e-3, batch 128, 10 epochs, on MNIST as ``ToTensor()`` intensities in
 [0, 1], and prints "Test set loss": the summed test loss with one z sample per digit, divided by
 10,000. This script replays that loop (same model, same loss, same data files as minivae, read by
-``minivae.data``) for a few seeds, and runs ``examples/mnist.py`` with the same seeds, so the two
+``minivae.training.data``) for a few seeds, and runs ``examples/mnist.py`` with the same seeds, so the two
 held-out numbers can be compared within their seed-to-seed noise. PyTorch is a benchmark-only
 tool here (``pip install torch==2.13.0``), never a dependency of minivae.
 
@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -32,7 +31,7 @@ def torch_run(seed, epochs, threads):
     from torch import nn
     from torch.nn import functional as F
 
-    from minivae.data import load_dataset, preprocess
+    from minivae.training.data import load_dataset, preprocess
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """The ELBO gap, made exact: log p(x) = ELBO + KL(q(z|x) || p(z|x)), per example, to ~1e-10 nats.
 
 Trains a small VAE with a 2-D latent space for a few seconds, then, for a handful of examples,
-integrates p(x|z) p(z) over a fine latent grid (minivae/posterior.py) to get log p(x) and the true
+integrates p(x|z) p(z) over a fine latent grid (minivae/study/posterior.py) to get log p(x) and the true
 posterior p(z|x), computes the ELBO (E_q[log p(x|z)] on the same grid, KL to the prior in closed
 form) and KL(q || p(z|x)) on the grid, and checks that the three add up. Then estimates the
 importance-weighted bound IWAE_k for growing k and shows it closing the gap to log p(x).
@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _study_common import dataset, out_dir, parser, train_quickly
 
 import minivae
-from minivae import posterior, study_plots
+from minivae.plots import study as study_plots
+from minivae.study import posterior
 
 
 def main(argv=None):

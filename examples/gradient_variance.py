@@ -1,7 +1,7 @@
 """Why the reparameterization trick works: its gradient has far less variance than REINFORCE's.
 
 Trains a small VAE (2-D latent) for a few seconds, then estimates the gradient of one example's
-negative ELBO with respect to the encoder's parameters in four ways (see minivae/estimators.py):
+negative ELBO with respect to the encoder's parameters in four ways (see minivae/study/estimators.py):
 reparameterization, its path-derivative variant, the score function (REINFORCE), and the score
 function with a leave-one-out baseline. For each L (samples per estimate) it repeats the estimate
 R times and compares mean, variance and signal-to-noise ratio per parameter with a high-sample
@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _study_common import dataset, out_dir, parser, train_quickly
 
 import minivae
-from minivae import estimators, study_plots
+from minivae.plots import study as study_plots
+from minivae.study import estimators
 
 
 def main(argv=None):

@@ -31,12 +31,20 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`: use the repository's package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import minivae
-from minivae import VAE, host_kernels, to_numpy
-from minivae.checkpoint import CheckpointError, atomic_open, load_checkpoint
-from minivae.data import (DATASETS, PREPROCESSING, DataError, binarize_dynamic, get_dataset_spec,
-                          load_dataset, preprocess)
-from minivae.evaluate import heldout_elbo, iwae_bound, latent_statistics
-from minivae.train import TrainConfig, Trainer, TrainingDiverged, derive_seed
+from minivae import VAE, to_numpy
+from minivae.fast import cpu_library
+from minivae.training.checkpoint import CheckpointError, atomic_open, load_checkpoint
+from minivae.training.data import (
+    DATASETS,
+    PREPROCESSING,
+    DataError,
+    binarize_dynamic,
+    get_dataset_spec,
+    load_dataset,
+    preprocess,
+)
+from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
+from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, derive_seed
 
 TEST_BINARIZATION_SEED = 20160200   # the one Bernoulli draw of the test set under --binarize dynamic
 SMOKE = {"subset": 1000, "test_subset": 500, "epochs": 2, "iwae_k": 20, "batch_size": 100}
@@ -167,13 +175,14 @@ def latent_grid(n):
 
 
 def draw_pictures(model, args, x_test, labels, history, note, out, class_names) -> list:
-    from minivae import plots
+    from minivae.plots import training as plots
     suffix = f"\n[{note}]" if note else ""
     label = f"{args.dataset}, {model!r}"
     written = []
     x_show = x_test[:32]
+    title = f"test images and reconstructions E[x | z = mu(x)]: {label}{suffix}"
     written.append(plots.plot_reconstructions(x_show, model.reconstruct(x_show), out / "reconstructions.png",
-                                              title=f"test images and reconstructions E[x | z = mu(x)]: {label}{suffix}"))
+                                              title=title))
     eps = model.backend.random(derive_seed(args.seed, 0, "pictures")).normal((100, model.latent_dim), model.dtype)
     written.append(plots.plot_samples(model.sample(100, eps=eps), out / "samples.png",
                                       title=f"E[x | z], z ~ N(0, I): {label}{suffix}"))
@@ -315,7 +324,7 @@ def main(argv=None) -> int:
         "versions": {"minivae": minivae.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         # the last bits of a float32 run depend on it (compiled CPU kernels or NumPy passes)
-        "kernels": {"numpy": host_kernels.status().get(args.dtype, "NumPy passes"),
+        "kernels": {"numpy": cpu_library.status().get(args.dtype, "NumPy passes"),
                     "cupy": "fused CUDA kernels"}.get(backend.name, "NumPy passes"),
     }
     write_json(out / "metrics.json", metrics)

@@ -8,7 +8,8 @@ normal mapped through
     g(z) = z / 10 + z / ||z||
 
 lie on a thin ring (radius 1 + ||z|| / 10, about 1.13 on average): z / ||z|| sends every
-direction to the unit circle and z / 10 thickens it slightly. A decoder network can learn a g like this; the prior need not be complex.
+direction to the unit circle and z / 10 thickens it slightly. A decoder network can learn a g like
+this; the prior need not be complex.
 
     python examples/prior_ring.py                  # < 2 s
     python examples/prior_ring.py --backend cupy   # the samples and the map computed on the GPU
@@ -21,11 +22,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _study_common import out_dir, parser
 
 import minivae
-from minivae import study_plots
+from minivae.plots import study as study_plots
 
 
 def ring_map(z):

@@ -8,7 +8,7 @@
 
 The loss is the per-example negative ELBO in nats (summed over pixels and latent dimensions),
 averaged over the batch. The model owns its parameters and composes the ops of
-:mod:`minivae.layers`, :mod:`minivae.likelihoods` and :mod:`minivae.gaussian`; the backward pass
+:mod:`minivae.ops.layers`, :mod:`minivae.ops.likelihoods` and :mod:`minivae.ops.latent`; the backward pass
 below is those ops' backwards called in reverse order, nothing hidden.
 
 All parameters live in one contiguous vector (``model.flat_params``); ``model.params`` holds named
@@ -22,12 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from minivae.backend import get_backend
-from minivae.gaussian import (kl_standard_normal, kl_standard_normal_backward, log_normal,
-                              log_standard_normal, reparameterize, reparameterize_backward)
-from minivae.layers import get_activation, linear_backward, linear_forward, sigmoid
-from minivae.likelihoods import (LIKELIHOODS, bernoulli_nll, bernoulli_nll_backward, gaussian_nll,
-                                 gaussian_nll_backward, gaussian_nll_fixed,
-                                 gaussian_nll_fixed_backward)
+from minivae.ops.latent import (
+    kl_standard_normal,
+    kl_standard_normal_backward,
+    log_normal,
+    log_standard_normal,
+    reparameterize,
+    reparameterize_backward,
+)
+from minivae.ops.layers import get_activation, linear_backward, linear_forward, sigmoid
+from minivae.ops.likelihoods import (
+    LIKELIHOODS,
+    bernoulli_nll,
+    bernoulli_nll_backward,
+    gaussian_nll,
+    gaussian_nll_backward,
+    gaussian_nll_fixed,
+    gaussian_nll_fixed_backward,
+)
 from minivae.params import Parameters
 from minivae.validation import check_data, check_eps, resolve_dtype
 

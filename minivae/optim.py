@@ -6,13 +6,13 @@ one contiguous vector each (``model.params`` and the model's gradients are: see
 
 * on CuPy, one fused kernel updates parameters and state (:mod:`minivae.kernels`);
 * on NumPy, the same kernels compiled for the CPU, where a C++ compiler is at hand
-  (:mod:`minivae.host_kernels`): one pass, called without the interpreter lock;
+  (:mod:`minivae.fast.cpu_library`): one pass, called without the interpreter lock;
 * otherwise (and on the strict stand-in), in place on chunks of at most :data:`CHUNK` entries with
   one preallocated scratch buffer per range (no allocation, no page faults): Adam is ten passes
   at NumPy's per-element speed.
 
 ``step(grads)`` updates everything; a caller that splits the work (the two-thread training step,
-:mod:`minivae.step`) calls ``begin_step()`` once and then ``update_range(grads_flat, lo, hi,
+:mod:`minivae.training.step`) calls ``begin_step()`` once and then ``update_range(grads_flat, lo, hi,
 scalars)`` for disjoint ranges, on as many threads. Otherwise (any dict of arrays) each array
 gets the readable whole-array update, ``_update``, which is also the reference the fast path is
 tested against.
@@ -87,15 +87,15 @@ class Optimizer:
 
     def _fused_kernels(self, grads_flat):
         """The one-pass update kernels for these vectors: CUDA on CuPy; on NumPy the same kernels
-        compiled for the CPU (:mod:`minivae.host_kernels`) when they could be built; else None."""
+        compiled for the CPU (:mod:`minivae.fast.cpu_library`) when they could be built; else None."""
         module = get_array_module(self.flat).__name__
         if module == "cupy":
             from minivae.backend import get_backend
-            from minivae.kernels import get_kernels
+            from minivae.fast.dispatch import get_kernels
             return get_kernels(get_backend("cupy"))
         if module == "numpy" and grads_flat.dtype == self.flat.dtype and grads_flat.flags.c_contiguous:
-            from minivae import host_kernels
-            return host_kernels.get(self.flat.dtype)
+            from minivae.fast import cpu_library
+            return cpu_library.get(self.flat.dtype)
         return None
 
     def _update(self, p, g, state):

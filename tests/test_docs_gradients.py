@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "gradients.md"
-REFERENCE = re.compile(r"minivae/(\w+)\.py::([\w.]+)")
+REFERENCE = re.compile(r"minivae/([\w/]+)\.py::([\w.]+)")
 
 
 def references():
@@ -19,7 +19,7 @@ def test_the_doc_names_functions():
 
 @pytest.mark.parametrize("module,name", references(), ids=lambda v: v)
 def test_reference_exists(module, name):
-    target = importlib.import_module(f"minivae.{module}")
+    target = importlib.import_module("minivae." + module.replace("/", "."))
     for part in name.split("."):
         assert hasattr(target, part), f"minivae/{module}.py has no {name}"
         target = getattr(target, part)

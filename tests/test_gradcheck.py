@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import minivae
-from minivae import gaussian
 from minivae.gradcheck import Float32GradcheckError, central_difference, gradcheck, numeric_gradient
+from minivae.ops import latent
 
 
 def test_central_differences_are_exact_for_low_degree_polynomials():
@@ -24,9 +24,9 @@ def test_it_catches_the_sigma_squared_bug(rng):
     """A backward derived for z = mu + exp(logvar) * eps is wrong for z = mu + exp(logvar/2) * eps."""
     mu, logvar, eps = rng.standard_normal((4, 2)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
     params = {"mu": mu, "logvar": logvar}
-    loss = lambda: float((gaussian.reparameterize(mu, logvar, eps)[0] ** 2).sum())  # noqa: E731
-    z, cache = gaussian.reparameterize(mu, logvar, eps)
-    dmu, dlogvar = gaussian.reparameterize_backward(2 * z, cache)
+    loss = lambda: float((latent.reparameterize(mu, logvar, eps)[0] ** 2).sum())  # noqa: E731
+    z, cache = latent.reparameterize(mu, logvar, eps)
+    dmu, dlogvar = latent.reparameterize_backward(2 * z, cache)
     assert gradcheck(loss, params, {"mu": dmu, "logvar": dlogvar}).max_error < 1e-8
     wrong = 2 * z * eps * np.exp(logvar)  # d(exp(logvar) eps)/dlogvar
     report = gradcheck(loss, params, {"mu": dmu, "logvar": wrong})

@@ -255,7 +255,7 @@ def test_encoder_backward_gives_the_encoder_part_of_the_gradient(rng):
     scratch = model.zeros_like_params()
     dout = model._reconstruction_nll_backward(np.full((1, 5), 1 / 5), nll_cache, scratch)
     dz = model._decoder_backward(dout.reshape(5, 12), decoder_cache, scratch)
-    from minivae.gaussian import kl_standard_normal_backward, reparameterize_backward
+    from minivae.ops.latent import kl_standard_normal_backward, reparameterize_backward
     dmu, dlogvar = reparameterize_backward(dz.reshape(1, 5, 3), reparameterize_cache)
     dmu_kl, dlogvar_kl = kl_standard_normal_backward(np.full(5, 1 / 5), kl_cache)
     encoder_grads = model.encoder_backward(x, dmu + dmu_kl, dlogvar + dlogvar_kl)

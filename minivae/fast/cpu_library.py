@@ -1,0 +1,308 @@
+"""The kernels of :mod:`minivae.kernels`, compiled for the CPU when a C++ compiler is at hand.
+
+Each kernel in :data:`minivae.kernels.CUDA_KERNELS` is the formula for one element; for the CPU,
+:func:`minivae.kernels.host_function` wraps it in a plain C++ loop over rows and columns, built for
+several instruction sets (the loader picks the widest the processor has). Compiled once per
+machine (the library is cached) and called through :mod:`ctypes`, which releases the interpreter
+lock for the call, a pass of the training step is one call instead of several NumPy calls:
+
+* the optimizer updates (Adam, SGD): one pass over the parameters instead of NumPy's ten;
+* bias + ReLU / leaky ReLU, and the derivatives of ReLU, leaky ReLU, tanh and sigmoid (from the
+  layer's output): one pass each instead of two to four;
+* the reparameterization with the KL term, forward and backward: one pass each instead of ten;
+* the Bernoulli loss with its gradient (:data:`BERNOULLI_SOURCE`): one pass; the sum in double.
+
+Besides the passes saved, the calls matter for the two-thread step (:mod:`minivae.training.step`): NumPy
+releases the interpreter lock only inside a call, so two threads making many short NumPy calls wait
+for each other; a compiled pass runs without the lock. The kernels with a transcendental function
+in every element of a large array (bias + tanh, sigmoid or softplus, softplus's derivative) stay
+NumPy passes: NumPy's vectorized ``exp`` and ``tanh`` beat a loop of scalar library calls.
+:class:`CompiledKernels` is :class:`minivae.kernels.ArrayKernels` with these passes compiled,
+each falling back to the array operations for a layout or dtype the library does not take.
+
+Nothing is required: where no compiler is found (``$CXX``, ``c++``, ``g++``, ``clang++``), the
+build fails, or ``MINIVAE_HOST_KERNELS=0`` is set, the NumPy passes run (the same math; the last
+bits of a float32 run differ between the two). :func:`status` says which is used.
+The cache is ``$MINIVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/minivae``, else ``~/.cache/minivae``;
+a library is named after the hash of its source, compiler and flags, and written atomically.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from minivae.fast.sources import CUDA_KERNELS, SCALAR_PARAMS, host_library_source, kernel_params
+
+OPTIMIZER_KERNELS = ("adam", "sgd", "sgd_momentum")
+STEP_KERNELS = ("bias_relu", "bias_leaky_relu", "relu_backward", "leaky_relu_backward",
+                "tanh_backward", "sigmoid_backward", "reparameterize_kl", "reparameterize_kl_backward")
+NAMES = OPTIMIZER_KERNELS + STEP_KERNELS
+# no -march (the cache may be shared; the functions carry their own instruction sets); no
+# trapping maths, so that a comparison inside a loop can be vectorized; no fused multiply-add
+# contraction, so that a result does not depend on which instruction set ran
+FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd",
+         "-shared", "-fPIC")
+C_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+
+# The Bernoulli NLL for the CPU. The CUDA kernel "bernoulli" writes every entry's NLL, then a
+# device-wide sum adds them up; a CPU loop adds them as it goes. With e = exp(-|l|):
+#     nll = max(l, 0) - x l + log(1 + e),   l <- scale (sigma(l) - x),   sigma(l) = [l >= 0 ? 1 : e] / (1 + e).
+# Everything is computed in double and the sum kept in double. The logs: sum log(1 + e) = log of the
+# product of the factors (1 + e) of a group of entries (each factor in (1, 2]: a product of GROUP
+# of them stays below 2^GROUP, no overflow), one log per group instead of a log1p per entry. For
+# float data exp is a polynomial that the compiler vectorizes (relative error < 2e-10, far below
+# float's 6e-8); for double data it is the library's exp.
+BERNOULLI_SOURCE = r"""
+#include <cstring>
+
+static const long long GROUP = 256;
+
+// exp(x) for x <= 0, to float accuracy: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor
+// series to r^8 (remainder < 2e-10 relative), 2^n put into the exponent bits. n comes out of the
+// rounding of x / ln2 + 1.5 * 2^52, whose low bits hold n; below -104 the result (< 7e-46)
+// rounds to 0 in float anyway.
+static inline double exp_nonpositive(double x, float) {
+  const double ROUND = 6755399441055744.0;  // 1.5 * 2^52
+  x = x < -104.0 ? -104.0 : x;
+  const double shifted = x * 1.4426950408889634 + ROUND;
+  const double n = shifted - ROUND;
+  const double r = x - n * 0.6931471805599453;
+  double p = 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  long long bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits + 1023) << 52;   // the low bits hold n: 2^n as a double
+  double two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+static inline double exp_nonpositive(double x, double) { return std::exp(x); }
+
+// Sum of the NLL of a (rows, cols) block; the logits l become scale (sigma(l) - x).
+extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long long rows,
+                                        long long cols, long long ld_l, long long ld_x) {
+  double linear = 0.0, logs = 0.0;
+  for (long long r = 0; r < rows; ++r) {
+    T* l = _l + r * ld_l;
+    const T* x = _x + r * ld_x;
+    for (long long j0 = 0; j0 < cols; j0 += GROUP) {
+      const long long j1 = j0 + GROUP < cols ? j0 + GROUP : cols;
+      double product = 1.0;
+#pragma omp simd reduction(+:linear) reduction(*:product)
+      for (long long j = j0; j < j1; ++j) {
+        const double v = l[j], xj = x[j];
+        const double e = exp_nonpositive(-std::fabs(v), T());
+        linear += (v > 0.0 ? v : 0.0) - xj * v;
+        product *= 1.0 + e;
+        l[j] = (T)(scale * ((v >= 0.0 ? 1.0 : e) / (1.0 + e) - xj));
+      }
+      logs += std::log(product);
+    }
+  }
+  return linear + logs;
+}
+"""
+
+_lock = threading.Lock()
+_loaded = {}     # dtype name (and dtype object) -> HostKernels or None
+_status = {}     # dtype name -> what happened
+
+
+class HostKernels:
+    """The compiled kernels for one dtype. :meth:`launch` runs any of :data:`NAMES` over a
+    (rows, cols) grid; ``adam``, ``sgd``, ``sgd_momentum`` have the signatures of
+    :class:`minivae.kernels.CupyKernels`' (flat, contiguous arrays; scalars as Python numbers);
+    :meth:`bernoulli` returns the loss sum."""
+
+    def __init__(self, library, dtype, c_scalar):
+        self.dtype = np.dtype(dtype)
+        self.functions = {}
+        for name in NAMES:
+            in_params, out_params, _ = CUDA_KERNELS[name]
+            params = kernel_params(in_params) + kernel_params(out_params)
+            scalars = SCALAR_PARAMS.get(name, ())
+            # per parameter: "scalar", "raw" (a pointer) or "array" (a pointer and a row stride)
+            kinds = ["scalar" if pname in scalars else "raw" if raw else "array" for _, pname, raw in params]
+            function = getattr(library, name)
+            function.argtypes = (
+                [(ctypes.c_int if ctype == "int32" else c_scalar) if kind == "scalar" else ctypes.c_void_p
+                 for (ctype, _, _), kind in zip(params, kinds)]
+                + [ctypes.c_longlong] * (2 + kinds.count("array")))      # rows, cols, row strides
+            function.restype = None
+            self.functions[name] = (function, kinds)
+        self._bernoulli = library.bernoulli
+        self._bernoulli.argtypes = [ctypes.c_void_p, ctypes.c_void_p, c_scalar] + [ctypes.c_longlong] * 4
+        self._bernoulli.restype = ctypes.c_double
+
+    def launch(self, name, rows, cols, *args):
+        """Run kernel ``name`` over a (rows, cols) grid, its arguments in the CUDA kernel's order:
+        an array operand is (rows, cols) with contiguous rows, or a (cols,) vector that every row
+        shares; a raw operand is a contiguous pointer. Returns False, and runs nothing, when an
+        array does not have that layout or the library's dtype."""
+        function, kinds = self.functions[name]
+        pointers, strides = [], []
+        for kind, a in zip(kinds, args):
+            if kind == "scalar":
+                pointers.append(a)
+                continue
+            if a.dtype != self.dtype or not a.flags.aligned:
+                return False
+            if kind == "array":
+                stride = row_stride(a, rows, cols)
+                if stride is None:
+                    return False
+                strides.append(stride)
+            pointers.append(a.ctypes.data)
+        function(*pointers, rows, cols, *strides)
+        return True
+
+    def bernoulli(self, logits, x, scale):
+        """The sum of the Bernoulli NLL of the logits (L N, D) with targets ``x`` (N, D), matched
+        to each of the L row blocks, as a float; ``logits`` overwritten by scale (sigma(logits) - x).
+        None, and nothing done, when a layout does not fit (see :meth:`launch`)."""
+        (M, D), N = logits.shape, x.shape[0]
+        ld_l, ld_x = row_stride(logits, M, D), row_stride(x, N, D)
+        if (ld_l is None or ld_x is None or x.ndim != 2 or N == 0 or M % N
+                or logits.dtype != self.dtype or x.dtype != self.dtype
+                or not (logits.flags.aligned and x.flags.aligned)):
+            return None
+        start, step = logits.ctypes.data, N * ld_l * self.dtype.itemsize
+        return sum(self._bernoulli(start + k * step, x.ctypes.data, scale, N, D, ld_l, ld_x)
+                   for k in range(M // N))
+
+    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r):
+        self._flat("adam", g, beta1, beta2, step_size, eps_hat, p, s, r)
+
+    def sgd(self, g, lr, p):
+        self._flat("sgd", g, lr, p)
+
+    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity):
+        self._flat("sgd_momentum", g, lr, momentum, nesterov, p, velocity)
+
+    def _flat(self, name, g, *args):
+        if not self.launch(name, 1, g.size, g, *args):
+            raise ValueError(f"{name}: the vectors must be contiguous {self.dtype.name} of one length")
+
+
+def row_stride(a, rows, cols):
+    """The row stride, in elements, of ``a`` as a (rows, cols) operand: its own for a (rows, cols)
+    array with contiguous rows, 0 for a (cols,) vector; None for any other shape or layout."""
+    if a.ndim == 1:
+        return 0 if a.shape[0] == cols and (cols <= 1 or a.strides[0] == a.itemsize) else None
+    if a.ndim != 2 or a.shape != (rows, cols) or (cols > 1 and a.strides[1] != a.itemsize):
+        return None
+    stride, remainder = divmod(a.strides[0], a.itemsize)
+    return stride if remainder == 0 else None
+
+def get(dtype):
+    """The compiled kernels for NumPy arrays of ``dtype`` (float32 or float64), or None."""
+    kernels = _loaded.get(dtype, False)      # dtype as given: the step asks with array.dtype
+    if kernels is False:
+        key = np.dtype(dtype).name
+        with _lock:
+            if key not in _loaded:
+                _loaded[key] = _load(key)
+            kernels = _loaded[key]
+        if isinstance(dtype, np.dtype):
+            _loaded[dtype] = kernels
+    return kernels
+
+
+def status():
+    """{dtype: "compiled (<library path>)" or "NumPy passes: <why>"} for the dtypes asked for so far."""
+    return dict(_status)
+
+
+def cache_dir():
+    if os.environ.get("MINIVAE_CACHE_DIR"):
+        return Path(os.environ["MINIVAE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minivae"
+
+
+def find_compiler():
+    """``$CXX``, else the first of c++, g++, clang++ on the PATH, else None."""
+    return os.environ.get("CXX") or next(
+        (found for found in map(shutil.which, ("c++", "g++", "clang++")) if found), None)
+
+
+def library_source(dtype):
+    """The C++ source of the CPU kernels for ``dtype`` ("float32" or "float64")."""
+    return host_library_source(C_TYPES[dtype][0], NAMES) + BERNOULLI_SOURCE
+
+
+def library_source_and_path(dtype, compiler):
+    """The C++ source of the kernels for ``dtype`` and the cache path of their library: named
+    after the hash of the source, the compiler, the flags and the machine."""
+    c_name = C_TYPES[dtype][0]
+    source = library_source(dtype)
+    key = "\n".join([source, compiler, *FLAGS, platform.machine()])
+    return source, cache_dir() / f"kernels_{c_name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _load(dtype):
+    if os.environ.get("MINIVAE_HOST_KERNELS", "1") == "0":
+        _status[dtype] = "NumPy passes: MINIVAE_HOST_KERNELS=0"
+        return None
+    if dtype not in C_TYPES:
+        _status[dtype] = f"NumPy passes: no kernels for {dtype}"
+        return None
+    compiler = find_compiler()
+    if compiler is None:
+        _status[dtype] = "NumPy passes: no C++ compiler found"
+        return None
+    source, path = library_source_and_path(dtype, compiler)
+    try:
+        path = _build(source, compiler, path)
+        kernels = HostKernels(ctypes.CDLL(str(path)), dtype, C_TYPES[dtype][1])
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:
+        _status[dtype] = f"NumPy passes: building the kernels failed ({type(error).__name__}: {error})"
+        return None
+    _status[dtype] = f"compiled ({path})"
+    return kernels
+
+
+def _build(source, compiler, path):
+    """The library at ``path``, compiled there first unless a loadable one is there already (a
+    damaged file is rebuilt). Compiles into a temporary file beside it and renames it into place
+    (atomic), so that processes sharing the cache never load a half-written library. Where the
+    cache folder cannot be written, builds in a new temporary folder instead."""
+    if path.exists():
+        try:
+            ctypes.CDLL(str(path))
+            return path
+        except OSError:
+            pass                     # damaged or foreign: rebuild below
+    try:
+        return _compile(source, compiler, path)
+    except PermissionError:
+        return _compile(source, compiler, Path(tempfile.mkdtemp(prefix="minivae-")) / path.name)
+
+
+def _compile(source, compiler, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        source_file = Path(work) / "kernels.cpp"
+        source_file.write_text(source)
+        built = Path(work) / path.name
+        subprocess.run([compiler, *FLAGS, "-o", str(built), str(source_file)], check=True,
+                       capture_output=True, timeout=120)
+        os.replace(built, path)
+    return path

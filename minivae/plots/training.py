@@ -1,0 +1,155 @@
+"""Pictures: image grids, the latent space, training curves, gradient and latent monitoring.
+
+Every function takes host data (arrays go through :func:`minivae.to_numpy` first), draws one
+figure with matplotlib's object-oriented API on the Agg canvas (no display, no pyplot state), and
+saves it to ``path`` (:mod:`minivae.plots.style`: matplotlib only when a plot is made).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minivae.backend import to_numpy
+from minivae.plots.style import figure as new_figure
+from minivae.plots.style import save
+
+
+def tile(images, rows, columns, side=28, padding=1) -> np.ndarray:
+    """Images ``(n, side * side)`` -> one ``(rows (side + padding), columns (side + padding))``
+    mosaic, row-major, blank where ``n < rows * columns``."""
+    images = to_numpy(images).reshape(-1, side, side)
+    cell = side + padding
+    mosaic = np.ones((rows * cell - padding, columns * cell - padding), dtype=np.float64)
+    for index, image in enumerate(images[:rows * columns]):
+        r, c = divmod(index, columns)
+        mosaic[r * cell:r * cell + side, c * cell:c * cell + side] = image
+    return mosaic
+
+
+def _image(axes, mosaic, title):
+    axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes.set_title(title, fontsize=9)
+    axes.set_axis_off()
+
+
+def plot_reconstructions(x, x_reconstructed, path, title="reconstructions", columns=16, pairs=2):
+    """Inputs above, their reconstructions below: ``pairs`` row pairs of ``columns`` images each."""
+    x, x_reconstructed = to_numpy(x), to_numpy(x_reconstructed)
+    n = min(len(x), columns * pairs)
+    width = columns * 29 - 1                     # tile()'s width: 28 pixels + 1 of padding
+    blocks = []
+    for start in range(0, n, columns):
+        chunk = slice(start, min(n, start + columns))
+        if blocks:
+            blocks.append(np.ones((6, width)))      # a gap between two input/output pairs
+        blocks += [tile(x[chunk], 1, columns), np.ones((1, width)), tile(x_reconstructed[chunk], 1, columns)]
+    mosaic = np.vstack(blocks)
+    figure = new_figure(columns * 0.45, 2 * pairs * 0.5 + 0.5)
+    _image(figure.add_subplot(), mosaic, f"{title}\n(rows alternate: input, reconstruction)")
+    return save(figure, path)
+
+
+def plot_samples(images, path, title="samples from the prior", columns=10):
+    """A grid of images (n, 784), e.g. decoded draws z ~ N(0, I)."""
+    images = to_numpy(images)
+    rows = math.ceil(len(images) / columns)
+    figure = new_figure(columns * 0.5, rows * 0.5 + 0.4)
+    _image(figure.add_subplot(), tile(images, rows, columns), title)
+    return save(figure, path)
+
+
+def plot_manifold(images, path, title="decoded latent grid"):
+    """Images (n, n, 784) decoded from an n x n grid of z values (2-D latent space)."""
+    images = to_numpy(images)
+    n = images.shape[0]
+    figure = new_figure(8, 8.3)
+    _image(figure.add_subplot(), tile(images.reshape(n * n, -1), n, n, padding=0), title)
+    return save(figure, path)
+
+
+def principal_components(mu, n_components=2):
+    """Project rows of ``mu (N, K)`` onto their first principal components: (N, n_components)."""
+    mu = to_numpy(mu).astype(np.float64)
+    centred = mu - mu.mean(axis=0)
+    if mu.shape[1] <= n_components:
+        return centred
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:n_components].T
+
+
+def plot_latent(mu, labels, path, title="latent space", class_names=None):
+    """Scatter of the posterior means coloured by class: ``mu`` itself when K = 2, otherwise its
+    first two principal components (said on the axes)."""
+    mu, labels = to_numpy(mu), to_numpy(labels)
+    points = principal_components(mu)
+    pca = mu.shape[1] > 2
+    figure = new_figure(7, 6)
+    axes = figure.add_subplot()
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7,
+                           vmin=-0.5, vmax=9.5, rasterized=True)
+    colorbar = figure.colorbar(scatter, ax=axes, ticks=range(10))
+    if class_names:
+        colorbar.ax.set_yticklabels(class_names, fontsize=8)
+    axes.set_xlabel("principal component 1 of mu" if pca else "mu_1")
+    axes.set_ylabel("principal component 2 of mu" if pca else "mu_2")
+    axes.set_title(title, fontsize=9)
+    return save(figure, path)
+
+
+def _series(history, name):
+    values = history.get(name, [])
+    return [e for e, v in zip(history["epoch"], values) if v is not None], [v for v in values if v is not None]
+
+
+def plot_curves(history, path, title="training"):
+    """Negative ELBO, reconstruction and KL per epoch, training and held-out, in three panels."""
+    figure = new_figure(13, 3.8)
+    panels = [("neg_elbo", "-ELBO (nats)"), ("reconstruction", "reconstruction -log p(x|z)"),
+              ("kl", "KL(q(z|x) || p(z))")]
+    for index, (name, label) in enumerate(panels):
+        axes = figure.add_subplot(1, 3, index + 1)
+        for split, style in (("train", "-"), ("valid", "o-")):
+            epochs, values = _series(history, f"{split}_{name}")
+            if values:
+                axes.plot(epochs, values, style, markersize=3,
+                          label="training (mean over the epoch)" if split == "train" else "held-out")
+        axes.set_xlabel("epoch")
+        axes.set_title(label, fontsize=9)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    return save(figure, path)
+
+
+def plot_monitor(history, path, title="monitoring"):
+    """Per-layer gradient norms (mean over the steps of each epoch), the KL of each latent
+    dimension per epoch, and the number of active units."""
+    figure = new_figure(14, 4)
+    axes = figure.add_subplot(1, 3, 1)
+    for layer, norms in history.get("grad_norm", {}).items():
+        axes.plot(history["epoch"][-len(norms):], norms, label=layer)
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_title("gradient norm per layer", fontsize=9)
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+
+    axes = figure.add_subplot(1, 3, 2)
+    kl = np.asarray(history.get("kl_per_dim") or [[0.0]], dtype=np.float64)
+    epochs = history["epoch"][-len(kl):] if history.get("kl_per_dim") else [0]
+    image = axes.imshow(kl.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, kl.shape[1] - 0.5))
+    figure.colorbar(image, ax=axes, label="nats")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("latent dimension")
+    axes.set_title("KL per latent dimension", fontsize=9)
+
+    axes = figure.add_subplot(1, 3, 3)
+    active = history.get("active_units", [])
+    axes.plot(history["epoch"][-len(active):] if active else [], active, "o-", markersize=3)
+    axes.set_xlabel("epoch")
+    axes.set_title("active units (Var_x E[z_j|x] > 0.01)", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    return save(figure, path)

@@ -1,0 +1,482 @@
+"""Training: shuffled minibatches, Adam, beta with optional KL warm-up, held-out curves, checkpoints.
+
+One optimisation step is one call of :class:`minivae.TrainStep`; this module decides what goes into
+it and keeps the books. Losses are summed *on the device* and read with ``float()`` only every
+``log_every`` steps (progress bar, NaN check, time limit) and at the end of an epoch, so that a GPU
+never waits for the host.
+
+Per step t (1-based, counted over the whole run), in epoch e (0-based):
+
+    lr_e   = max(lr * lr_decay^e, lr_min)                       (constant within an epoch)
+    beta_t = beta * min(1, t / (warmup_epochs * steps_per_epoch))   (linear KL warm-up; beta if none)
+
+Randomness is *counter-based*: at the start of epoch e the data stream (the shuffle, and the
+dynamic binarization of the whole training set) and the model's noise stream (``model.random``,
+which draws eps) are reseeded from ``(seed, e)``; evaluation draws from a third stream. So a run
+resumed from an end-of-epoch checkpoint is bit-exact on every backend. A checkpoint taken in the
+middle of an epoch (Ctrl-C, time limit) also stores the noise generator's state where the backend
+can export it (NumPy); on CuPy, which cannot, resuming reseeds from ``(seed, e)`` and replays the
+draws of the steps already done, which gives the same stream.
+
+A loss or a parameter that becomes NaN or Inf stops training with :class:`TrainingDiverged`;
+nothing is saved after the last good checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from minivae.backend import to_numpy
+from minivae.optim import Adam
+from minivae.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivae.training.data import binarize_dynamic
+from minivae.training.evaluate import heldout_elbo, latent_statistics
+from minivae.training.step import TrainStep
+from minivae.validation import check_data
+
+STREAMS = {"data": 0, "noise": 1, "eval": 2, "final": 3, "pictures": 4}
+# fields of TrainConfig that do not change the trajectory of the parameters; a resumed run may differ
+# in these, not in the others
+FREE_FIELDS = ("epochs", "log_every", "eval_every", "eval_batch_size")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the parameters became NaN or Inf."""
+
+
+class InterruptRequest:
+    """Turns the first Ctrl-C (SIGINT) into a request that the loop honours between two steps, so
+    that the checkpoint it then writes is a consistent state; a second Ctrl-C interrupts at once.
+    Only in the main thread (Python delivers signals there); elsewhere it does nothing."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def derive_seed(seed: int, epoch: int, stream: str) -> int:
+    """A seed for ``stream`` (a key of ``STREAMS``) of epoch ``epoch``: a 32-bit
+    integer hashed from the three by NumPy's SeedSequence, the same on every backend."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), STREAMS[stream]]).generate_state(1)[0])
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run besides the model and the data (JSON-friendly)."""
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay: float = 1.0        # learning rate multiplied by this after every epoch
+    lr_min: float = 0.0          # ... but never below this
+    beta: float = 1.0            # weight of the KL term
+    warmup_epochs: float = 0.0   # KL weight ramps linearly from 0 to beta over these epochs
+    n_samples: int = 1           # Monte Carlo samples of z per example and step
+    dynamic_binarization: bool = False   # a fresh Bernoulli draw of the training set every epoch
+    seed: int = 0
+    monitor: bool = False        # record per-layer gradient norms and per-dimension KL every epoch
+    log_every: int = 50          # steps between host reads: progress bar, NaN check, time limit
+    eval_every: int = 1          # held-out evaluation every this many epochs (0: never)
+    eval_batch_size: int = 1000
+    threads: object = "auto"     # threads of a training step on NumPy: "auto", 1 or 2 (TrainStep)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "n_samples", "seed", "log_every", "eval_every",
+                     "eval_batch_size"):
+            value = getattr(self, name)
+            if int(value) != value:
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, int(value))
+        for name in ("lr", "lr_decay", "lr_min", "beta", "warmup_epochs"):
+            setattr(self, name, float(getattr(self, name)))
+        checks = [("epochs", self.epochs >= 0), ("batch_size", self.batch_size >= 1),
+                  ("n_samples", self.n_samples >= 1), ("seed", self.seed >= 0),
+                  ("log_every", self.log_every >= 1), ("eval_every", self.eval_every >= 0),
+                  ("eval_batch_size", self.eval_batch_size >= 1), ("lr", self.lr > 0.0),
+                  ("lr_decay", 0.0 < self.lr_decay <= 1.0), ("lr_min", self.lr_min >= 0.0),
+                  ("beta", self.beta >= 0.0), ("warmup_epochs", self.warmup_epochs >= 0.0)]
+        if self.threads != "auto":
+            checks.append(("threads", self.threads in (1, 2)))
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+        self.dynamic_binarization, self.monitor = bool(self.dynamic_binarization), bool(self.monitor)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def layer_groups(shapes) -> dict:
+    """Parameter names grouped by layer: ``{"encoder.0": ["encoder.0.W", "encoder.0.b"], ...}``."""
+    groups = {}
+    for name in shapes:
+        layer = name.rsplit(".", 1)[0] if name.endswith((".W", ".b")) else name
+        groups.setdefault(layer, []).append(name)
+    return groups
+
+
+def new_history() -> dict:
+    """The per-epoch record, as lists aligned by epoch (None where a value was not measured)."""
+    return {"epoch": [], "lr": [], "beta": [], "seconds": [],
+            "train_loss": [], "train_reconstruction": [], "train_kl": [], "train_neg_elbo": [],
+            "valid_neg_elbo": [], "valid_reconstruction": [], "valid_kl": [],
+            "grad_norm": {}, "kl_per_dim": [], "active_units": []}
+
+
+class Trainer:
+    """Trains ``model`` on ``x_train`` with Adam; evaluates on ``x_valid``; checkpoints.
+
+    Parameters
+    ----------
+    model : VAE
+    x_train : (N, D) array, host or device
+        Copied to the model's device once (``backend.to_device``) and validated once here.
+        With ``config.dynamic_binarization`` these are the probabilities to draw pixels from.
+    config : TrainConfig
+    x_valid : (M, D) array, optional
+        Held-out data for the per-epoch negative ELBO (z sampled), already preprocessed.
+    checkpoint_path : path, optional
+        Written at the end of every epoch and on Ctrl-C / time limit (atomically).
+    progress : bool
+        Show a tqdm bar per epoch with the running loss, reconstruction and KL.
+    log : callable or None
+        Receives one summary line per epoch (default ``print``; through tqdm when it is shown).
+    metadata : dict, optional
+        Stored in the checkpoint as is (e.g. the example's command-line configuration).
+    optimizer : Optimizer, optional
+        Default ``Adam(model.params, lr=config.lr)``; its ``lr`` is set from the schedule
+        (``config.lr``, ``lr_decay``, ``lr_min``) at the start of every epoch.
+    """
+
+    def __init__(self, model, x_train, config=None, x_valid=None, checkpoint_path=None,
+                 progress=True, log=print, metadata=None, optimizer=None):
+        self.model, self.backend = model, model.backend
+        self.config = config if config is not None else TrainConfig()
+        bernoulli = model.likelihood == "bernoulli"
+        self.x_train = check_data(self._on_device(x_train), model, name="x_train", unit_interval=bernoulli)
+        self.x_valid = (None if x_valid is None else
+                        check_data(self._on_device(x_valid), model, name="x_valid", unit_interval=bernoulli))
+        self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
+        self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
+                              threads=self.config.threads)
+        self.checkpoint_path = checkpoint_path
+        self.progress, self.log, self.metadata = progress, log, dict(metadata or {})
+        self.groups = layer_groups(model.shapes)
+        self.epoch = 0            # completed epochs
+        self.step_in_epoch = 0    # steps done in the epoch under way (0 at an epoch boundary)
+        self.global_step = 0
+        self.history = new_history()
+        self.stop_reason = None   # "completed" or "time_limit" after fit()
+        self._sums = None         # device sums of the epoch under way
+        self._epoch_seconds = 0.0
+        self._interrupt = InterruptRequest()
+        self.last_saved = None   # (epoch, step_in_epoch) of the last checkpoint written or restored
+
+    def _on_device(self, x):
+        return x if self.backend.is_native(x) else self.backend.to_device(x, dtype=self.model.dtype)
+
+    # --- schedules ----------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.x_train.shape[0] / self.config.batch_size)
+
+    def lr_at(self, epoch: int) -> float:
+        c = self.config
+        return max(c.lr * c.lr_decay ** epoch, c.lr_min)
+
+    def beta_at(self, step: int) -> float:
+        """The KL weight of global step ``step`` (1-based)."""
+        c = self.config
+        if c.warmup_epochs == 0.0:
+            return c.beta
+        return c.beta * min(1.0, step / (c.warmup_epochs * self.steps_per_epoch))
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def fit(self, epochs=None, time_limit=None) -> dict:
+        """Train until ``epochs`` (default ``config.epochs``) epochs are complete, or until
+        ``time_limit`` seconds of this call have passed (then stop cleanly: at an epoch boundary if
+        the next epoch would not fit, else at a log interval, with a checkpoint). Returns the history.
+
+        Ctrl-C finishes the step under way, saves a checkpoint of the exact state (resumable with
+        :meth:`restore`) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
+        """
+        epochs = self.config.epochs if epochs is None else int(epochs)
+        began = time.perf_counter()
+        deadline = None if time_limit is None else began + float(time_limit)
+        self.stop_reason = "completed"
+        epochs_done, epoch_wall = 0, None
+        with InterruptRequest() as self._interrupt:
+            while self.epoch < epochs:
+                if deadline is not None and epoch_wall is not None and (
+                        time.perf_counter() + epoch_wall > deadline):
+                    self.stop_reason = "time_limit"     # the next epoch would not end in time
+                    break
+                completed = self._run_epoch(epochs, deadline)
+                if completed:   # wall time per epoch in this call: training, evaluation, checkpoint
+                    epochs_done += 1
+                    epoch_wall = (time.perf_counter() - began) / epochs_done
+                if self._interrupt.requested:
+                    self.save(quiet_if_bad=True)
+                    raise KeyboardInterrupt(f"interrupted in epoch {self.epoch + 1}, after step "
+                                            f"{self.step_in_epoch}; checkpoint: {self.checkpoint_path}")
+                if not completed:
+                    self.stop_reason = "time_limit"
+                    self.save()
+                    break
+        return self.history
+
+    def _epoch_data(self, epoch):
+        """The training set of epoch ``epoch``, shuffled (and binarized): (N, D) on the device."""
+        data_random = self.backend.random(derive_seed(self.config.seed, epoch, "data"))
+        x_epoch = self.x_train[data_random.permutation(self.x_train.shape[0])]
+        if self.config.dynamic_binarization:
+            x_epoch = binarize_dynamic(x_epoch, data_random)
+        return x_epoch
+
+    def _new_sums(self):
+        zero = self.model.xp.zeros((), dtype=self.model.dtype)
+        sums = {"loss": zero, "reconstruction": zero, "kl": zero}
+        if self.config.monitor:
+            sums.update({f"grad_norm.{layer}": zero for layer in self.groups})
+        return sums
+
+    def _run_epoch(self, epochs, deadline) -> bool:
+        """Run (the rest of) epoch ``self.epoch``. False if stopped by the deadline."""
+        c, xp, epoch = self.config, self.model.xp, self.epoch
+        N, B, steps = self.x_train.shape[0], c.batch_size, self.steps_per_epoch
+        began = time.perf_counter()
+        x_epoch = self._epoch_data(epoch)
+        if self.step_in_epoch == 0:
+            self.model.random = self.backend.random(derive_seed(c.seed, epoch, "noise"))
+            self._sums, self._epoch_seconds = self._new_sums(), 0.0
+        self.optimizer.lr = self.lr_at(epoch)
+        bar = self._bar(epoch, epochs)
+        last_read = self.step_in_epoch
+        beta = self.beta_at(max(self.global_step, 1))
+        try:
+            for i in range(self.step_in_epoch, steps):
+                xb = x_epoch[i * B:(i + 1) * B]
+                beta = self.beta_at(self.global_step + 1)
+                terms = self.step(xb, beta=beta)
+                weight = xb.shape[0] / N      # sums become per-example means over the epoch
+                sums = self._sums
+                sums["loss"] = sums["loss"] + terms.loss * weight
+                sums["reconstruction"] = sums["reconstruction"] + terms.reconstruction * weight
+                sums["kl"] = sums["kl"] + terms.kl * weight
+                if c.monitor:
+                    for layer, names in self.groups.items():
+                        norm = xp.sqrt(sum((self.step.grads[n] * self.step.grads[n]).sum() for n in names))
+                        sums[f"grad_norm.{layer}"] = sums[f"grad_norm.{layer}"] + norm * (1.0 / steps)
+                self.step_in_epoch, self.global_step = i + 1, self.global_step + 1
+                if self.step_in_epoch % c.log_every == 0 or self.step_in_epoch == steps:
+                    running = self._read_running(epoch)
+                    if bar is not None:
+                        bar.update(self.step_in_epoch - last_read)
+                        bar.set_postfix(running)
+                    last_read = self.step_in_epoch
+                    if (deadline is not None and time.perf_counter() > deadline
+                            and self.step_in_epoch < steps):
+                        self._epoch_seconds += time.perf_counter() - began
+                        return False
+                if self._interrupt.requested and self.step_in_epoch < steps:
+                    self._epoch_seconds += time.perf_counter() - began
+                    return False
+        finally:
+            if bar is not None:
+                bar.close()
+        self._epoch_seconds += time.perf_counter() - began
+        self._end_epoch(epoch, epochs, beta)
+        return True
+
+    def _read_running(self, epoch) -> dict:
+        """Host copies of the running means (one synchronisation); raises on NaN or Inf."""
+        fraction = min(1.0, self.step_in_epoch * self.config.batch_size / self.x_train.shape[0])
+        values = {name: float(self._sums[name]) / fraction for name in ("loss", "reconstruction", "kl")}
+        if not all(math.isfinite(v) for v in values.values()):
+            self._diverged(epoch, f"the training loss became {values['loss']}")
+        return {"loss": f"{values['loss']:.2f}", "rec": f"{values['reconstruction']:.2f}",
+                "kl": f"{values['kl']:.2f}"}
+
+    def _diverged(self, epoch, what):
+        if self.last_saved is None:
+            where = "no checkpoint was written"
+        else:
+            saved_epoch, saved_step = self.last_saved
+            when = (f"end of epoch {saved_epoch}" if saved_step == 0
+                    else f"epoch {saved_epoch + 1}, step {saved_step}")
+            where = f"the last good checkpoint, {self.checkpoint_path} ({when}), is kept"
+        raise TrainingDiverged(
+            f"training stopped: {what} in epoch {epoch + 1}, by step {self.step_in_epoch} of "
+            f"{self.steps_per_epoch} (global step {self.global_step}); {where}. Try a lower "
+            "learning rate (--lr), KL warm-up (--warmup-epochs) or float64, then resume.")
+
+    def _parameters_finite(self) -> bool:
+        return bool(self.model.xp.isfinite(self.model.flat_params).all())
+
+    def _end_epoch(self, epoch, epochs, beta):
+        c = self.config
+        if not self._parameters_finite():
+            self._diverged(epoch, "a parameter became NaN or Inf")
+        train = {name: float(self._sums[name]) for name in ("loss", "reconstruction", "kl")}
+        evaluate_now = (self.x_valid is not None and c.eval_every > 0
+                        and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == epochs))
+        valid = (heldout_elbo(self.model, self.x_valid, c.eval_batch_size,
+                              random=self.backend.random(derive_seed(c.seed, epoch, "eval")))
+                 if evaluate_now else {})
+        record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "beta": beta,
+                  "seconds": self._epoch_seconds, "train_loss": train["loss"],
+                  "train_reconstruction": train["reconstruction"], "train_kl": train["kl"],
+                  "train_neg_elbo": train["reconstruction"] + train["kl"],
+                  "valid_neg_elbo": valid.get("neg_elbo"),
+                  "valid_reconstruction": valid.get("reconstruction"), "valid_kl": valid.get("kl")}
+        if c.monitor:
+            grad_norms = {layer: float(self._sums[f"grad_norm.{layer}"]) for layer in self.groups}
+            x_stats = self.x_valid if self.x_valid is not None else self.x_train[:10000]
+            stats = latent_statistics(self.model, x_stats, c.eval_batch_size)
+            record.update(kl_per_dim=stats["kl_per_dim"], active_units=stats["active_units"])
+        # the history changes only here, all at once, so that a checkpoint never holds half an epoch
+        for name, value in record.items():
+            self.history[name].append(value)
+        if c.monitor:
+            for layer, norm in grad_norms.items():
+                self.history["grad_norm"].setdefault(layer, []).append(norm)
+        self.epoch, self.step_in_epoch, self._sums = epoch + 1, 0, None
+        self.save()
+        if self.log is not None:
+            self._write(self.summary_line(epochs))
+
+    def summary_line(self, epochs) -> str:
+        """One line about the last completed epoch."""
+        h = self.history
+        line = (f"epoch {h['epoch'][-1]}/{epochs}  train -ELBO {h['train_neg_elbo'][-1]:.2f} "
+                f"(rec {h['train_reconstruction'][-1]:.2f}, KL {h['train_kl'][-1]:.2f})")
+        if h["valid_neg_elbo"][-1] is not None:
+            line += (f"  held-out -ELBO {h['valid_neg_elbo'][-1]:.2f} "
+                     f"(rec {h['valid_reconstruction'][-1]:.2f}, KL {h['valid_kl'][-1]:.2f})")
+        if self.config.monitor:
+            line += f"  active units {h['active_units'][-1]}/{self.model.latent_dim}"
+        return line + f"  lr {h['lr'][-1]:.3g}  beta {h['beta'][-1]:.3g}  [{h['seconds'][-1]:.1f} s]"
+
+    def _bar(self, epoch, epochs):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, leave=False,
+                    desc=f"epoch {epoch + 1}/{epochs}", unit="step")
+
+    def _write(self, line):
+        if self.progress and self.log is print:
+            from tqdm.auto import tqdm
+            tqdm.write(line)
+        else:
+            self.log(line)
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def state(self) -> tuple:
+        """The exact training state as ``(arrays, meta)`` for :func:`minivae.checkpoint.save_checkpoint`."""
+        arrays = {"params": to_numpy(self.model.flat_params)}
+        optimizer_state = self.optimizer.state_dict()
+        arrays.update({f"optimizer.{name}": to_numpy(value) for name, value in optimizer_state.items()
+                       if hasattr(value, "shape")})
+        optimizer_meta = {name: value for name, value in optimizer_state.items() if not hasattr(value, "shape")}
+        noise_state = None
+        if self.step_in_epoch:
+            arrays.update({f"sums.{name}": to_numpy(value) for name, value in self._sums.items()})
+            if self.backend.name != "cupy":
+                noise_state = self.model.random.get_state()
+        meta = {"model": self.model.config, "train": self.config.as_dict(),
+                "optimizer": {"type": type(self.optimizer).__name__, **optimizer_meta},
+                "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                             "global_step": self.global_step, "n_train": int(self.x_train.shape[0]),
+                             "epoch_seconds": self._epoch_seconds},
+                "rng": {"scheme": "counter-based: reseeded from (seed, epoch) every epoch",
+                        "noise_state": noise_state},
+                "history": self.history, "metadata": self.metadata}
+        return arrays, meta
+
+    def save(self, path=None, quiet_if_bad=False):
+        """Write a checkpoint (to ``checkpoint_path`` by default), if the state is finite."""
+        path = path or self.checkpoint_path
+        if path is None:
+            return None
+        if not self._parameters_finite():
+            if quiet_if_bad:
+                return None
+            raise TrainingDiverged(f"not saving {path}: a parameter is NaN or Inf")
+        arrays, meta = self.state()
+        save_checkpoint(path, arrays, meta)
+        self.last_saved = (self.epoch, self.step_in_epoch)
+        return path
+
+    def restore(self, path) -> "Trainer":
+        """Load a checkpoint written by :meth:`save` into this trainer, whose model and config must
+        match it (the config may differ in ``epochs``, ``log_every`` and the evaluation settings)."""
+        arrays, meta = load_checkpoint(path)
+        if meta["model"] != self.model.config:
+            raise CheckpointError(f"{path} holds a model {meta['model']}, not {self.model.config}")
+        saved = TrainConfig.from_dict(meta["train"]).as_dict()
+        mine = self.config.as_dict()
+        differ = [k for k in saved if k not in FREE_FIELDS and saved[k] != mine[k]]
+        if differ:
+            raise CheckpointError(f"{path} was trained with a different configuration: "
+                                  + ", ".join(f"{k}={saved[k]!r} (now {mine[k]!r})" for k in differ))
+        if meta["optimizer"]["type"] != type(self.optimizer).__name__:
+            raise CheckpointError(f"{path} holds the state of {meta['optimizer']['type']}, not "
+                                  f"{type(self.optimizer).__name__}")
+        progress = meta["progress"]
+        if progress["n_train"] != self.x_train.shape[0]:
+            raise CheckpointError(f"{path} was trained on {progress['n_train']} examples, "
+                                  f"not {self.x_train.shape[0]}")
+        dtype = self.model.dtype
+        self.model.flat_params[...] = self.backend.to_device(arrays["params"], dtype=dtype)
+        self.optimizer.load_state_dict({**meta["optimizer"], **{
+            name[len("optimizer."):]: self.backend.to_device(value, dtype=dtype)
+            for name, value in arrays.items() if name.startswith("optimizer.")}})
+        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+        self.global_step, self._epoch_seconds = progress["global_step"], progress["epoch_seconds"]
+        self.history = meta["history"]
+        self._sums, self.last_saved = None, (self.epoch, self.step_in_epoch)
+        if self.step_in_epoch:
+            self._sums = {name[len("sums."):]: self.backend.to_device(value, dtype=dtype)
+                          for name, value in arrays.items() if name.startswith("sums.")}
+            self._restore_noise(meta["rng"]["noise_state"])
+        return self
+
+    def _restore_noise(self, noise_state):
+        """Put ``model.random`` where it was after ``step_in_epoch`` steps of the current epoch."""
+        self.model.random = self.backend.random(derive_seed(self.config.seed, self.epoch, "noise"))
+        if noise_state is not None and self.backend.name != "cupy":
+            self.model.random.set_state(noise_state)
+            return
+        # no exported state (CuPy): replay the draws TrainStep made, same shapes, same order
+        N, B = self.x_train.shape[0], self.config.batch_size
+        for i in range(self.step_in_epoch):
+            self.model.draw_eps(min(B, N - i * B), self.config.n_samples)
+
+
+def train(model, x_train, config=None, x_valid=None, **kwargs) -> dict:
+    """Train ``model`` with a :class:`Trainer` and return the history (see :class:`Trainer`)."""
+    return Trainer(model, x_train, config, x_valid, **kwargs).fit()

@@ -1,0 +1,120 @@
+"""One training step: draw the noise, run forward and backward, update the parameters.
+
+:class:`TrainStep` is what training loops and benchmarks call. It runs the fused step of
+:mod:`minivae.fast.engine` (the same math as :meth:`minivae.model.VAE.forward_backward`, in preallocated
+buffers), reuses one gradient buffer across steps, draws the noise on the device into a reused
+buffer, and returns the loss terms as device scalars, so that a GPU loop never waits for the host.
+
+Input checks: the step checks the batch's backend, dtype and shape (free), but not its values
+(finite, in [0, 1] for a Bernoulli decoder): that costs two reductions per step and, on a GPU, a
+host synchronisation. Validate the data set once before training (the training loop does:
+:func:`minivae.validation.check_data`); ``TrainStep(..., check_values=True)`` checks every batch.
+"""
+from __future__ import annotations
+
+from minivae.fast.engine import FusedStep
+from minivae.fast.threads import PairRunner, single_threaded_blas
+from minivae.model import VAE, LossTerms
+from minivae.validation import check_data, check_eps, check_layout
+
+# ``threads="auto"`` splits a step between two threads when batch size x parameters reaches this:
+# handing work to a thread costs some 50-100 us, worth it from batch 16 of the 784-400-20 model
+# (650k parameters) up, not for small models.
+PARALLEL_MIN_WORK = 10_000_000
+
+
+class TrainStep:
+    """``step = TrainStep(model, optimizer, n_samples=1)``, then ``terms = step(x, beta=1.0)``.
+
+    ``x`` is a batch (N, D) on the model's backend; ``eps`` (L, N, K) may be passed to fix the
+    noise, otherwise it is drawn from ``model.random``. The gradients of the last step stay in
+    ``step.grads`` (overwritten by the next step).
+
+    ``fused=True`` (default) runs :class:`minivae.engine.FusedStep`; ``fused=False`` (and any model
+    that is not a plain :class:`~minivae.model.VAE`, e.g. a subclass with its own forward) runs the
+    reference ``model.forward_backward``.
+
+    ``threads`` (NumPy only): 2 splits each step between two threads (see :meth:`_two_threads`),
+    1 runs it on the calling thread with the BLAS as configured, ``"auto"`` (default) splits when
+    batch size x parameters >= :data:`PARALLEL_MIN_WORK`. A split step sets every loaded BLAS to
+    one thread while it runs and restores the counts after (process-wide: BLAS calls made by
+    other threads during a step run on one thread too). The split only reorders a few additions;
+    a run is reproducible for a given setting.
+    """
+
+    def __init__(self, model, optimizer, n_samples=1, fused=True, check_values=False, threads="auto"):
+        if int(n_samples) != n_samples or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if threads not in ("auto", 1, 2):
+            raise ValueError(f"threads must be 'auto', 1 or 2, got {threads!r}")
+        self.model, self.optimizer, self.n_samples = model, optimizer, int(n_samples)
+        self.grads = model.zeros_like_params()
+        self.check_values = bool(check_values)
+        self.fused = bool(fused) and type(model) is VAE
+        self._engine = FusedStep(model, self.grads) if self.fused else None
+        # two threads: NumPy only (CuPy is one device; the strict stand-in may, for the tests)
+        self.threads = threads if model.backend.name in ("numpy", "strict") and self.fused else 1
+        self._pair = None
+
+    def __call__(self, x, beta=1.0, eps=None) -> LossTerms:
+        model, beta = self.model, float(beta)
+        if not self.fused:
+            terms, _ = model.forward_backward(x, eps=eps, n_samples=self.n_samples, beta=beta,
+                                              grads=self.grads)
+            self.optimizer.step(self.grads)
+            return terms
+        if self.check_values:
+            check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+        else:
+            check_layout(x, model)
+        N = x.shape[0]
+        if eps is None:
+            eps = self._engine.workspace(N, self.n_samples).eps
+            model.random.normal(eps.shape, model.dtype, out=eps)
+        else:
+            eps = check_eps(eps, model, N)
+        if self._use_two_threads(N):
+            nll_sum, kl_sum = self._two_threads(x, eps, beta)
+        else:
+            nll_sum, kl_sum = self._engine(x, eps, beta)
+            self.optimizer.step(self.grads)
+        L = eps.shape[0]
+        reconstruction = nll_sum * (1.0 / (L * N))
+        kl = kl_sum * (1.0 / N)
+        return LossTerms(reconstruction + beta * kl, reconstruction, kl)
+
+    def _use_two_threads(self, N):
+        if self.threads == "auto":
+            return (self.model.backend.name == "numpy" and N >= 2
+                    and N * self.model.params.flat.size >= PARALLEL_MIN_WORK)
+        return self.threads == 2 and N >= 2
+
+    def _two_threads(self, x, eps, beta):
+        """Phase 1: each thread runs the forward pass and the deltas of half of the batch.
+        Phase 2: one thread computes the decoder's parameter gradients and updates the decoder's
+        parameters, the other does the same for the encoder (each network's parameters are one
+        contiguous range of the flat vector). Same math as one thread; the loss sums are added per
+        half and the matrix products run on one BLAS thread, so the last bits may differ."""
+        engine, optimizer, runner = self._engine, self.optimizer, self._runner()
+        N, L, h = x.shape[0], eps.shape[0], x.shape[0] // 2
+        together = optimizer.params is self.model.params   # else: one update after phase 2
+        scalars = []
+
+        def network(name):
+            engine.parameter_gradients(x, L, name, parts=2)
+            if together:
+                optimizer.update_range(self.grads.flat, *self.model.params.range(name), scalars[0])
+        with single_threaded_blas():
+            ((nll_a, kl_a), _), ((nll_b, kl_b), _) = runner.run_phases(
+                [(lambda: engine.deltas(x, eps, beta, rows=(0, h), part=0),
+                  lambda: engine.deltas(x, eps, beta, rows=(h, N), part=1)),
+                 (lambda: network("decoder"), lambda: network("encoder"))],
+                between=(lambda: scalars.append(optimizer.begin_step())) if together else None)
+            if not together:
+                optimizer.step(self.grads)
+        return nll_a + nll_b, kl_a + kl_b
+
+    def _runner(self):
+        if self._pair is None:
+            self._pair = PairRunner()
+        return self._pair

@@ -1,0 +1,82 @@
+"""CI's smoke of the benchmark scripts: they run end to end in seconds and write what they promise.
+No timing is asserted (benchmarks are not timed tests)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+
+def run_script(script, tmp_path, *extra):
+    command = [sys.executable, os.path.join(BENCHMARKS, script), "--smoke", "--workers", "numpy",
+               "--out-dir", str(tmp_path), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_bench_step_smoke(tmp_path):
+    pytest.importorskip("matplotlib")
+    run_script("bench_step.py", tmp_path)
+    record = json.loads((tmp_path / "step_cpu.json").read_text())
+    assert [row["batch"] for row in record["results"]] == [32, 64]
+    for row in record["results"]:
+        for impl in ("minivae-numpy", "gemm-numpy"):
+            r = row["impls"][impl]
+            assert r["median_s"] > 0 and r["faults_per_step"] >= 0 and r["peak_rss_mib"] > 0
+        assert "minivae-numpy/gemm-numpy" in row["ratios"]
+    assert "bench_step.py" in record["command"] and "--smoke" in record["command"]
+    assert record["machine"]["logical_cpus"] >= 1
+    assert any(p.get("user_api") == "blas" for p in record["workers"]["numpy"]["threadpools"])
+    table = (tmp_path / "step_cpu.md").read_text()
+    assert "| 32 |" in table and "Command:" in table
+    assert (tmp_path / "step_cpu.png").stat().st_size > 0
+
+
+def test_bench_epoch_smoke(tmp_path):
+    run_script("bench_epoch.py", tmp_path)
+    record = json.loads((tmp_path / "epoch_cpu.json").read_text())
+    (row,) = record["results"]
+    assert row["worker"] == "numpy" and row["batches"] == 2048 // 256 and row["seconds"] > 0
+    assert row["mean_loss"] > 0
+
+
+def fake_record(with_gpu):
+    """A record as a GPU machine would write it, to check the table and the plot's GPU parts."""
+    results = []
+    for N, cpu, gpu in [(32, 2e-3, 3e-3), (128, 4e-3, 3.2e-3), (1024, 2e-2, 4e-3)]:
+        impls = {"minivae-numpy": {"median_s": cpu, "faults_per_step": 0},
+                 "gemm-numpy": {"median_s": cpu / 1.3, "faults_per_step": 0}}
+        if with_gpu:
+            impls["minivae-cupy"] = {"median_s": gpu, "faults_per_step": 0}
+            impls["gemm-cupy"] = {"median_s": gpu / 2, "faults_per_step": 0}
+        row = {"batch": N, "impls": impls}
+        import bench_step
+        row["ratios"] = bench_step.ratios(impls)
+        results.append(row)
+    return {"results": results, "skipped": {} if with_gpu else {"cupy": "no GPU"},
+            "workers": {"cupy": {"gpu": "Fake GPU"}} if with_gpu else {}, "machine": {},
+            "env": {}, "load_average_before": None, "command": "python benchmarks/bench_step.py",
+            "settings": {"max_other_load": 0.15}}
+
+
+@pytest.mark.parametrize("with_gpu", [True, False])
+def test_table_and_plot_mark_the_crossover(tmp_path, with_gpu):
+    pytest.importorskip("matplotlib")
+    import bench_step
+    record = fake_record(with_gpu)
+    table = bench_step.markdown(record)
+    if with_gpu:
+        assert bench_step.crossover(record) == 128
+        assert "crossover batch size (minivae): 128" in table
+        assert "speedup minivae-cupy vs minivae-numpy" in table
+    else:
+        assert bench_step.crossover(record) is None
+        assert "No GPU" in table
+    bench_step.plot(record, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
