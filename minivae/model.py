@@ -279,6 +279,30 @@ class VAE:
         z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
         return self.decode_mean(z)
 
+    def log_likelihood(self, x, z):
+        """log p(x | z) per sample and example: x (N, D), z (..., N, K) -> (..., N).
+
+        ``z`` may carry leading sample axes (e.g. (L, N, K), or (G, 1, K) for G points against
+        one example); the decoder runs once on all of them."""
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        lead, K = z.shape[:-1], z.shape[-1]
+        out, _ = self._decoder_forward(z.reshape(-1, K))
+        nll, _ = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
+        return -nll
+
+    def log_likelihood_and_grad(self, x, z):
+        """log p(x | z) and its gradient with respect to z, per sample and example:
+        x (N, D), z (..., N, K) -> (..., N) and (..., N, K). The decoder's parameters get no
+        gradient here (for that: :meth:`forward_backward`)."""
+        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        lead, K = z.shape[:-1], z.shape[-1]
+        out, decoder_cache = self._decoder_forward(z.reshape(-1, K))
+        nll, nll_cache = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
+        scratch = self.zeros_like_params()   # the decoder's gradients: computed on the way, not wanted
+        dout = self._reconstruction_nll_backward(self.xp.ones(nll.shape, dtype=self.dtype), nll_cache, scratch)
+        dz = self._decoder_backward(dout.reshape(-1, self.input_dim), decoder_cache, scratch)
+        return -nll, -dz.reshape(z.shape)
+
     def encoder_backward(self, x, dmu, dlogvar):
         """Backpropagate head gradients through the encoder: ``sum_n J_n^T (dmu_n, dlogvar_n)``.
 
