@@ -33,6 +33,8 @@ except ImportError:  # run from a checkout without `pip install -e .`: use the r
     import minivae
 from minivae import VAE, to_numpy
 from minivae.fast import cpu_library
+from minivae.ops.layers import ACTIVATIONS
+from minivae.ops.likelihoods import LIKELIHOODS
 from minivae.training.checkpoint import CheckpointError, atomic_open, load_checkpoint
 from minivae.training.data import (
     DATASETS,
@@ -80,9 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths of the encoder "
                    "(the decoder mirrors them)")
     g.add_argument("--latent-dim", type=int, default=20)
-    g.add_argument("--activation", default="relu",
-                   choices=["relu", "leaky_relu", "tanh", "sigmoid", "softplus"])
-    g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
+    g.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    g.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     g.add_argument("--backend", choices=["auto", "numpy", "cupy", "strict"], default="auto",
                    help="auto: CuPy if a GPU is usable, else NumPy; strict: the CPU stand-in for "

@@ -30,16 +30,8 @@ from minivae.ops.latent import (
     reparameterize,
     reparameterize_backward,
 )
-from minivae.ops.layers import get_activation, linear_backward, linear_forward, sigmoid
-from minivae.ops.likelihoods import (
-    LIKELIHOODS,
-    bernoulli_nll,
-    bernoulli_nll_backward,
-    gaussian_nll,
-    gaussian_nll_backward,
-    gaussian_nll_fixed,
-    gaussian_nll_fixed_backward,
-)
+from minivae.ops.layers import get_activation, linear_backward, linear_forward
+from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
 from minivae.params import Parameters
 from minivae.validation import check_data, check_eps, resolve_dtype
 
@@ -73,8 +65,10 @@ class Forward:
     caches: tuple
 
 
-def parameter_shapes(input_dim, hidden_dims, latent_dim, decoder_hidden_dims, learned_variance):
-    """The name -> shape table of a VAE's parameters, in storage order."""
+def parameter_shapes(input_dim, hidden_dims, latent_dim, decoder_hidden_dims, likelihood_shapes=None):
+    """The name -> shape table of a VAE's parameters, in storage order: the encoder's, the
+    decoder's, then the likelihood's own (``likelihood_shapes``, named ``decoder.*``: they belong
+    to the decoder, whose parameters are one contiguous range of the flat vector)."""
     shapes = {}
     sizes = [input_dim, *hidden_dims]
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -84,8 +78,10 @@ def parameter_shapes(input_dim, hidden_dims, latent_dim, decoder_hidden_dims, le
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         shapes[f"decoder.{i}.W"], shapes[f"decoder.{i}.b"] = (fan_in, fan_out), (fan_out,)
     shapes["decoder.out.W"], shapes["decoder.out.b"] = (sizes[-1], input_dim), (input_dim,)
-    if learned_variance:
-        shapes["decoder.logvar"] = (input_dim,)
+    for name, shape in (likelihood_shapes or {}).items():
+        if not name.startswith("decoder.") or name in shapes:
+            raise ValueError(f"a likelihood's parameter must be named 'decoder.<new name>', got {name!r}")
+        shapes[name] = tuple(shape)
     return shapes
 
 
@@ -101,11 +97,14 @@ class VAE:
         ``decoder_hidden_dims`` is given.
     latent_dim : int
         K, the dimension of z.
-    likelihood : ``"bernoulli"`` or ``"gaussian"``
+    likelihood : a registered name (``"bernoulli"``, ``"gaussian"``) or a
+        :class:`~minivae.ops.likelihoods.Likelihood`
         Bernoulli: the decoder outputs logits and the data must lie in [0, 1].
         Gaussian: the decoder outputs the mean; the variance is ``decoder_variance`` (a fixed float,
         default 1.0: squared error plus a constant) or ``"learned"`` (one log-variance per pixel).
-    activation : ``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"`` or ``"softplus"``
+        Another registered name is built with ``likelihood_options``.
+    activation : a registered name (``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"sigmoid"``,
+        ``"softplus"``) or an :class:`~minivae.ops.layers.Activation`
     backend : ``"numpy"``, ``"cupy"``, ``"strict"``, ``"auto"`` or None (the process default)
     dtype : ``"float32"`` (default, fast) or ``"float64"`` (gradient checks)
     seed : int or None
@@ -115,9 +114,9 @@ class VAE:
 
     def __init__(self, input_dim, hidden_dims, latent_dim, likelihood="bernoulli", activation="relu",
                  backend=None, dtype="float32", seed=None, decoder_hidden_dims=None,
-                 decoder_variance=1.0):
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}")
+                 decoder_variance=1.0, likelihood_options=None):
+        self.likelihood_op = self._likelihood_from(likelihood, decoder_variance, likelihood_options)
+        self.activation_op = get_activation(activation)
         hidden_dims = [int(h) for h in hidden_dims]
         decoder_hidden_dims = (list(reversed(hidden_dims)) if decoder_hidden_dims is None
                                else [int(h) for h in decoder_hidden_dims])
@@ -125,27 +124,30 @@ class VAE:
                             *[("hidden width", h) for h in hidden_dims + decoder_hidden_dims]]:
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        learned_variance = decoder_variance == "learned"
-        if likelihood == "gaussian" and not learned_variance:
-            decoder_variance = float(decoder_variance)
-            if not decoder_variance > 0.0:
-                raise ValueError(f"decoder_variance must be positive or 'learned', got {decoder_variance}")
 
         self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
         self.hidden_dims, self.decoder_hidden_dims = hidden_dims, decoder_hidden_dims
-        self.likelihood, self.activation = likelihood, activation
-        self.decoder_variance = decoder_variance
-        self._activation_forward, self._activation_backward = get_activation(activation)
+        # the names (what the configuration and the printouts say); the ops are *_op
+        self.likelihood, self.activation = self.likelihood_op.name, self.activation_op.name
+        self.decoder_variance = getattr(self.likelihood_op, "variance", decoder_variance)
         self.dtype = resolve_dtype(dtype)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.seed = seed
 
-        self.shapes = parameter_shapes(self.input_dim, hidden_dims, self.latent_dim,
-                                       decoder_hidden_dims, likelihood == "gaussian" and learned_variance)
+        self.shapes = parameter_shapes(self.input_dim, hidden_dims, self.latent_dim, decoder_hidden_dims,
+                                       self.likelihood_op.parameter_shapes(self.input_dim))
         self.params = Parameters(self.backend.to_device(self._initial_values(seed), dtype=self.dtype),
                                  self.shapes)
         self.random = self.backend.random(None if seed is None else seed + 1)
+
+    @staticmethod
+    def _likelihood_from(likelihood, decoder_variance, options):
+        if isinstance(likelihood, Likelihood):
+            return likelihood
+        if likelihood == "gaussian" and not options:
+            return Gaussian(variance=decoder_variance)
+        return get_likelihood(likelihood, **(options or {}))
 
     # --- parameters -----------------------------------------------------------------------------
     @property
@@ -159,7 +161,9 @@ class VAE:
                 "latent_dim": self.latent_dim, "likelihood": self.likelihood,
                 "activation": self.activation, "dtype": np.dtype(self.dtype).name,
                 "decoder_hidden_dims": self.decoder_hidden_dims,
-                "decoder_variance": self.decoder_variance}
+                "decoder_variance": self.decoder_variance,
+                **({"likelihood_options": self.likelihood_op.options()}
+                   if type(self.likelihood_op) is not Gaussian and self.likelihood_op.options() else {})}
 
     @property
     def flat_params(self):
@@ -168,12 +172,14 @@ class VAE:
 
     def _initial_values(self, seed):
         """PyTorch's default for nn.Linear: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)); drawn on the
-        host in float64 so that every backend and dtype starts from the same numbers."""
+        host in float64 so that every backend and dtype starts from the same numbers. The
+        likelihood's own parameters start where it says (:meth:`Likelihood.initial_value`)."""
         rng = np.random.default_rng(seed)
+        own = self.likelihood_op.parameter_shapes(self.input_dim)
         values = []
         for name, shape in self.shapes.items():
-            if name == "decoder.logvar":
-                values.append(np.zeros(shape))
+            if name in own:
+                values.append(np.asarray(self.likelihood_op.initial_value(name, shape), dtype=np.float64))
                 continue
             fan_in = self.shapes[name.rsplit(".", 1)[0] + ".W"][0]
             bound = 1.0 / math.sqrt(fan_in)
@@ -189,14 +195,14 @@ class VAE:
         caches = []
         for i in range(depth):
             h, linear_cache = linear_forward(h, self.params[f"{prefix}.{i}.W"], self.params[f"{prefix}.{i}.b"])
-            h, activation_cache = self._activation_forward(h)
+            h, activation_cache = self.activation_op.forward(h)
             caches.append((linear_cache, activation_cache))
         return h, caches
 
     def _mlp_backward(self, dh, caches, prefix, grads, need_input_grad):
         for i in reversed(range(len(caches))):
             linear_cache, activation_cache = caches[i]
-            dh = self._activation_backward(dh, activation_cache)
+            dh = self.activation_op.backward(dh, activation_cache)
             dx, grads[f"{prefix}.{i}.W"][...], grads[f"{prefix}.{i}.b"][...] = linear_backward(dh, linear_cache)
             dh = dx if (i > 0 or need_input_grad) else None
         return dh
@@ -225,19 +231,16 @@ class VAE:
 
     def _reconstruction_nll(self, out, x):
         """-log p(x | z) per sample and example: out (L, N, D), x (N, D) -> (L, N), and a cache."""
-        if self.likelihood == "bernoulli":
-            return bernoulli_nll(out, x)
-        if self.decoder_variance == "learned":
-            return gaussian_nll(out, self.params["decoder.logvar"], x)
-        return gaussian_nll_fixed(out, x, self.decoder_variance)
+        return self.likelihood_op.nll(out, x, self.params)
 
     def _reconstruction_nll_backward(self, dnll, cache, grads):
-        if self.likelihood == "bernoulli":
-            return bernoulli_nll_backward(dnll, cache)
-        if self.decoder_variance == "learned":
-            dout, grads["decoder.logvar"][...] = gaussian_nll_backward(dnll, cache)
-            return dout
-        return gaussian_nll_fixed_backward(dnll, cache)
+        return self.likelihood_op.nll_backward(dnll, cache, grads)
+
+    def check_x(self, x, name="x"):
+        """``x`` checked as data for this model: backend, dtype, shape (N, D), finite values inside
+        the likelihood's ``data_range`` (e.g. [0, 1] for Bernoulli). Returns ``x``."""
+        op = self.likelihood_op
+        return check_data(x, self, name=name, value_range=op.data_range, range_hint=op.range_hint)
 
     def _forward(self, x, eps):
         """x (N, D), eps (L, N, K) -> a :class:`Forward` with every intermediate and the caches."""
@@ -253,19 +256,18 @@ class VAE:
     # --- public API -----------------------------------------------------------------------------
     def encode(self, x):
         """q(z|x): ``(N, D) -> (mu, logvar)``, each ``(N, K)``."""
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         mu, logvar, _ = self._encoder_forward(x)
         return mu, logvar
 
     def decode(self, z):
         """p(x|z): ``(N, K) -> (N, D)`` logits (Bernoulli) or means (Gaussian)."""
-        z = check_data(z, self, dim=self.latent_dim, name="z", unit_interval=False)
+        z = check_data(z, self, dim=self.latent_dim, name="z")
         return self._decoder_forward(z)[0]
 
     def decode_mean(self, z):
         """E[x | z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. ``(N, K) -> (N, D)``."""
-        out = self.decode(z)
-        return sigmoid(out) if self.likelihood == "bernoulli" else out
+        return self.likelihood_op.mean(self.decode(z), self.params)
 
     def reconstruct(self, x):
         """E[x | z = mu(x)]: the decoded posterior mean. ``(N, D) -> (N, D)``."""
@@ -284,7 +286,7 @@ class VAE:
 
         ``z`` may carry leading sample axes (e.g. (L, N, K), or (G, 1, K) for G points against
         one example); the decoder runs once on all of them."""
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         lead, K = z.shape[:-1], z.shape[-1]
         out, _ = self._decoder_forward(z.reshape(-1, K))
         nll, _ = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
@@ -294,7 +296,7 @@ class VAE:
         """log p(x | z) and its gradient with respect to z, per sample and example:
         x (N, D), z (..., N, K) -> (..., N) and (..., N, K). The decoder's parameters get no
         gradient here (for that: :meth:`forward_backward`)."""
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         lead, K = z.shape[:-1], z.shape[-1]
         out, decoder_cache = self._decoder_forward(z.reshape(-1, K))
         nll, nll_cache = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
@@ -310,7 +312,7 @@ class VAE:
         of the encoder's parameter gradients. x (N, D), dmu and dlogvar (N, K) -> a
         :class:`Parameters` of gradients, zero outside the encoder.
         """
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         _, _, cache = self._encoder_forward(x)
         grads = self.zeros_like_params()
         self._encoder_backward(dmu, dlogvar, cache, grads)
@@ -339,7 +341,7 @@ class VAE:
         -------
         (LossTerms, grads) with ``grads`` None when ``need_grads`` is False.
         """
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         N = x.shape[0]
         if eps is None:
             if int(n_samples) != n_samples or n_samples < 1:
@@ -389,7 +391,7 @@ class VAE:
 
     def elbo_per_example(self, x, eps=None, n_samples=1):
         """Per-example Monte Carlo ELBO estimates, ``(N,)`` on the device (beta = 1)."""
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         if eps is None:
             eps = self.draw_eps(x.shape[0], n_samples)
         eps = check_eps(eps, self, x.shape[0])
@@ -402,7 +404,7 @@ class VAE:
         The building block of the importance-weighted bound IWAE_k = E log mean_k w_k.
         Shapes: x (N, D), eps (k, N, K) -> (k, N).
         """
-        x = check_data(x, self, unit_interval=self.likelihood == "bernoulli")
+        x = self.check_x(x)
         eps = check_eps(eps, self, x.shape[0])
         forward = self._forward(x, eps)
         log_q, _ = log_normal(forward.z, forward.mu, forward.logvar)

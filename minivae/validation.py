@@ -48,25 +48,28 @@ def check_layout(x, model, dim=None, name="x"):
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
 
 
-def check_data(x, model, dim=None, name="x", unit_interval=False):
-    """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and [0, 1] if asked.
+def check_data(x, model, dim=None, name="x", unit_interval=False, value_range=None, range_hint=""):
+    """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and inside
+    ``value_range`` = (low, high) if given (``unit_interval=True``: [0, 1]).
 
     Costs two reductions (min and max): NaN propagates through both, so one comparison
     catches NaN, Inf and out-of-range values; the exact culprit is found only on failure.
+    ``range_hint`` ends the message for values outside the range (how to fix them).
     """
     check_layout(x, model, dim, name)
     xp = model.xp
     low, high = float(x.min()), float(x.max())
-    lower, upper = (0.0, 1.0) if unit_interval else (-np.inf, np.inf)
+    if value_range is None:
+        value_range = (0.0, 1.0) if unit_interval else (-np.inf, np.inf)
+    lower, upper = value_range
     if lower <= low and high <= upper and np.isfinite(low) and np.isfinite(high):
         return x
     if bool(xp.isnan(x).any()):
         raise InputError(f"{name} contains NaN ({int(xp.isnan(x).sum())} entries)")
     if bool(xp.isinf(x).any()):
         raise InputError(f"{name} contains Inf ({int(xp.isinf(x).sum())} entries)")
-    raise InputError(f"{name} has values outside [0, 1] (min {low}, max {high}); a Bernoulli "
-                     "decoder needs intensities or binary pixels in [0, 1]: rescale (e.g. divide "
-                     "uint8 images by 255) or use likelihood='gaussian'")
+    raise InputError(f"{name} has values outside [{lower:g}, {upper:g}] (min {low}, max {high})"
+                     + (f"; {range_hint}" if range_hint else ""))
 
 
 def check_eps(eps, model, batch_size):

@@ -18,20 +18,107 @@ vector's views; the first layer's dx is never computed; the elementwise work is 
 kernels of :mod:`minivae.fast.dispatch` (in-place array operations on NumPy and the strict stand-in,
 fused CUDA kernels on CuPy), and nothing is copied to the host, so a GPU step never waits for it.
 
-Every model the VAE class builds takes this path: any depth, every activation, Bernoulli and
-Gaussian (fixed or learned variance) decoders, any number of samples, float32 and float64. The
-tests check it against the reference (loss terms, gradients, updated parameters).
+The engine declares what it supports (:func:`unsupported_reason`): a :class:`minivae.VAE` itself
+(not a subclass) of any depth, any number of samples, float32 or float64, with an activation of
+:data:`FUSED_ACTIVATIONS` and a likelihood of :data:`FUSED_LIKELIHOODS` (Bernoulli, Gaussian with a
+fixed or learned variance). Support is decided by the registered objects themselves, never by a
+name: an activation or likelihood defined anywhere else, or a subclass of a built-in one, is not
+supported, and :class:`minivae.TrainStep` runs the reference path for it (with a warning). The
+tests check the engine against the reference (loss terms, gradients, updated parameters).
 """
 from __future__ import annotations
 
 import math
 import threading
 
-from minivae.fast.array_kernels import NEEDS_PREACTIVATION
+from minivae.fast import array_kernels
 from minivae.fast.dispatch import get_kernels
+from minivae.model import VAE
+from minivae.ops.layers import ACTIVATIONS
+from minivae.ops.likelihoods import Bernoulli, Gaussian
 
 LOG_2PI = math.log(2.0 * math.pi)
 PARTS = 2  # row ranges that may run at the same time (each has its own small scratch)
+
+# The activations that have fused kernels (bias + activation, derivative), as the registered
+# objects -> whether the derivative needs the pre-activation (else the layer's output suffices).
+FUSED_ACTIVATIONS = {ACTIVATIONS[name]: name in array_kernels.NEEDS_PREACTIVATION
+                     for name in array_kernels.ACTIVATIONS}
+
+
+class FusedLikelihood:
+    """What the fused step needs of a likelihood: its loss and gradient in place, its constants,
+    its own parameters' gradients. One subclass per likelihood that has fused kernels."""
+
+    def loss_and_delta(self, k, model, ws, out, x, scale, part, first):
+        """Sum over the rows of ``out`` (the decoder's output, (rows, D)) of the NLL without its
+        constants; overwrites ``out`` with scale dNLL/dout. ``first``: the first block of a part."""
+        raise NotImplementedError
+
+    def with_constants(self, model, nll_sum, rows):
+        """The NLL summed over ``rows`` decoded rows, from what :meth:`loss_and_delta` summed."""
+        return nll_sum
+
+    def parameter_gradients(self, model, ws, grads, parts):
+        """The gradients of the likelihood's own parameters, from the ``parts`` row ranges."""
+
+
+class FusedBernoulli(FusedLikelihood):
+    """The Bernoulli NLL and its gradient from the logits in one kernel pass."""
+
+    def loss_and_delta(self, k, model, ws, logits, x, scale, part, first):
+        return k.bernoulli(logits, x, scale, ws.scratch(0, logits.shape, part), ws.scratch(1, logits.shape, part))
+
+
+class FusedGaussianFixed(FusedLikelihood):
+    """-log N(x | mean, variance I): the kernel sums r^2 and writes scale r / variance."""
+
+    def loss_and_delta(self, k, model, ws, mean, x, scale, part, first):
+        return k.gaussian_fixed(mean, x, scale / model.likelihood_op.variance, ws.scratch(0, mean.shape, part))
+
+    def with_constants(self, model, nll_sum, rows):
+        variance = model.likelihood_op.variance
+        return (0.5 / variance) * nll_sum + 0.5 * rows * model.input_dim * (LOG_2PI + math.log(variance))
+
+
+class FusedGaussianLearned(FusedLikelihood):
+    """-log N(x | mean, diag(exp(logvar))) with a learned logvar (D,): the kernel sums
+    r^2 exp(-logvar) and writes the gradients; dlogvar's partial sums go to ``ws.logvar_parts``
+    (one row per row range, added up over the blocks of a part)."""
+
+    def loss_and_delta(self, k, model, ws, mean, x, scale, part, first):
+        into = ws.logvar_parts[part] if first else ws.logvar_tmp[part]
+        total = k.gaussian_learned(mean, x, model.params[Gaussian.PARAMETER], scale, into,
+                                   ws.scratch(0, mean.shape, part), ws.row[part])
+        if not first:
+            ws.logvar_parts[part] += into
+        return total
+
+    def with_constants(self, model, nll_sum, rows):
+        logvar = model.params[Gaussian.PARAMETER]
+        return 0.5 * nll_sum + (0.5 * rows) * model.xp.sum(logvar) + 0.5 * rows * model.input_dim * LOG_2PI
+
+    def parameter_gradients(self, model, ws, grads, parts):
+        model.xp.sum(ws.logvar_parts[:parts], axis=0, out=grads[Gaussian.PARAMETER])
+
+
+def _fused_gaussian(likelihood):
+    return FusedGaussianLearned() if likelihood.learned else FusedGaussianFixed()
+
+
+# The likelihoods that have fused kernels: exact type -> the fused implementation for an instance.
+FUSED_LIKELIHOODS = {Bernoulli: lambda likelihood: FusedBernoulli(), Gaussian: _fused_gaussian}
+
+
+def unsupported_reason(model):
+    """None when the fused step computes exactly the model's math; else why not (a sentence)."""
+    if type(model) is not VAE:
+        return f"{type(model).__name__} is not minivae.VAE itself (a subclass may change the math)"
+    if model.activation_op not in FUSED_ACTIVATIONS:
+        return f"no fused kernel for the activation {model.activation_op!r}"
+    if type(model.likelihood_op) not in FUSED_LIKELIHOODS:
+        return f"no fused kernel for the likelihood {model.likelihood_op!r}"
+    return None
 
 
 class Workspace:
@@ -53,7 +140,7 @@ class Workspace:
 
         self.N, self.L = N, L
         K, D, M = model.latent_dim, model.input_dim, L * N
-        separate = model.activation in NEEDS_PREACTIVATION
+        separate = FUSED_ACTIVATIONS[model.activation_op]
         self.enc_pre = [empty(N, H) for H in model.hidden_dims]
         self.enc_out = [empty(N, H) if separate else pre for pre, H in zip(self.enc_pre, model.hidden_dims)]
         self.enc_delta = [empty(N, H) for H in model.hidden_dims]
@@ -85,7 +172,11 @@ class FusedStep:
     calls :meth:`deltas` for row ranges and :meth:`parameter_gradients` per network itself."""
 
     def __init__(self, model, grads):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the fused step cannot run this model: {reason}; use model.forward_backward")
         self.model, self.grads = model, grads
+        self.likelihood = FUSED_LIKELIHOODS[type(model.likelihood_op)](model.likelihood_op)
         self.kernels = get_kernels(model.backend)
         self.workspaces = {}
         self._lock = threading.Lock()   # two threads working on one batch share its workspace
@@ -138,12 +229,11 @@ class FusedStep:
         for j, (S, z, d_z) in enumerate(blocks):
             self._forward(ws, z, "decoder", S, part)
             # reconstruction loss and its gradient: ws.out becomes dL/dout
-            nll = self._reconstruction(ws, ws.out[S], x[R], scale, part, first=j == 0)
+            nll = self.likelihood.loss_and_delta(self.kernels, model, ws, ws.out[S], x[R], scale, part, j == 0)
             nll_sum = nll if nll_sum is None else nll_sum + nll
             delta, W = self._backward(ws, "decoder", S, part)
             xp.matmul(delta, W.T, out=d_z)
-        if model.likelihood == "gaussian":
-            nll_sum = self._gaussian_constants(nll_sum, (r1 - r0) * L)
+        nll_sum = self.likelihood.with_constants(model, nll_sum, (r1 - r0) * L)
 
         # --- latent backward: reparameterization + KL (weight beta / N per example)
         k.reparameterize_kl_backward(ws.d_z[:, R], eps[:, R], mu, logvar, ws.sigma[R], beta / N,
@@ -190,33 +280,6 @@ class FusedStep:
             delta, W = rows, params[f"{network}.{i}.W"]
         return delta, W
 
-    def _reconstruction(self, ws, logits, x, scale, part, first):
-        """Sum over the rows of the reconstruction NLL (without the Gaussian's constants);
-        overwrites ``logits`` (the decoder's output) with its gradient. A learned variance's
-        gradient goes to ``ws.logvar_parts[part]`` (added up over the blocks of a part)."""
-        model, k = self.model, self.kernels
-        tmp0, tmp1 = ws.scratch(0, logits.shape, part), ws.scratch(1, logits.shape, part)
-        if model.likelihood == "bernoulli":
-            return k.bernoulli(logits, x, scale, tmp0, tmp1)
-        if model.decoder_variance == "learned":
-            into = ws.logvar_parts[part] if first else ws.logvar_tmp[part]
-            total = k.gaussian_learned(logits, x, model.params["decoder.logvar"], scale, into,
-                                       tmp0, ws.row[part])
-            if not first:
-                ws.logvar_parts[part] += into
-            return total
-        return k.gaussian_fixed(logits, x, scale / model.decoder_variance, tmp0)
-
-    def _gaussian_constants(self, nll_sum, rows):
-        """The Gaussian NLL summed over ``rows`` decoded rows, from the kernels' sum of squares."""
-        model, xp = self.model, self.model.xp
-        D = model.input_dim
-        if model.decoder_variance == "learned":
-            logvar = model.params["decoder.logvar"]
-            return 0.5 * nll_sum + (0.5 * rows) * xp.sum(logvar) + 0.5 * rows * D * LOG_2PI
-        variance = model.decoder_variance
-        return (0.5 / variance) * nll_sum + 0.5 * rows * D * (LOG_2PI + math.log(variance))
-
     # --- phase 2: the parameter gradients of one network over the whole batch -------------------
     def parameter_gradients(self, x, L, network, parts=1):
         """dW and db of every layer of ``network`` ("encoder" or "decoder") from the deltas of
@@ -230,8 +293,7 @@ class FusedStep:
             inputs = x
         else:
             inputs = ws.z.reshape(L * N, -1)
-            if model.decoder_variance == "learned":
-                xp.sum(ws.logvar_parts[:parts], axis=0, out=grads["decoder.logvar"])
+            self.likelihood.parameter_gradients(model, ws, grads, parts)
         layer_inputs = [inputs, *outs]
         xp.matmul(layer_inputs[-1].T, top, out=grads[f"{network}.{last}.W"])
         k.bias_grad(top, grads[f"{network}.{last}.b"])

@@ -110,18 +110,48 @@ def softplus_backward(dout, cache):
     return dout * sigmoid(x)
 
 
-ACTIVATIONS = {
-    "relu": (relu_forward, relu_backward),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
-    "tanh": (tanh_forward, tanh_backward),
-    "sigmoid": (sigmoid_forward, sigmoid_backward),
-    "softplus": (softplus_forward, softplus_backward),
-}
+class Activation:
+    """An elementwise nonlinearity, registered by name: ``forward(a) -> (h, cache)`` and
+    ``backward(dh, cache) -> da``. Unpacks as ``forward, backward = activation``."""
+
+    def __init__(self, name, forward, backward):
+        self.name, self.forward, self.backward = name, forward, backward
+
+    def __iter__(self):
+        return iter((self.forward, self.backward))
+
+    def __repr__(self):
+        return f"Activation({self.name!r})"
 
 
-def get_activation(name):
-    """The (forward, backward) pair called ``name``; a clear error for an unknown name."""
+ACTIVATIONS = {}
+"""name -> :class:`Activation`, filled by :func:`register_activation`."""
+
+
+def register_activation(name, forward, backward) -> Activation:
+    """Make the pair (``forward``, ``backward``) available as ``VAE(..., activation=name)``.
+
+    The fast training step has fused kernels for the built-in activations only; a model with
+    any other runs the reference path (:mod:`minivae.fast.engine`)."""
+    if name in ACTIVATIONS:
+        raise ValueError(f"an activation named {name!r} is registered already")
+    ACTIVATIONS[name] = activation = Activation(name, forward, backward)
+    return activation
+
+
+register_activation("relu", relu_forward, relu_backward)
+register_activation("leaky_relu", leaky_relu_forward, leaky_relu_backward)
+register_activation("tanh", tanh_forward, tanh_backward)
+register_activation("sigmoid", sigmoid_forward, sigmoid_backward)
+register_activation("softplus", softplus_forward, softplus_backward)
+
+
+def get_activation(spec) -> Activation:
+    """The :class:`Activation` called ``spec`` (or ``spec`` itself); a clear error for an unknown name."""
+    if isinstance(spec, Activation):
+        return spec
     try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+        return ACTIVATIONS[spec]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {spec!r}; choose one of {sorted(ACTIVATIONS)} "
+                         "or register one (minivae.ops.layers.register_activation)") from None

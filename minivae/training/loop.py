@@ -37,7 +37,6 @@ from minivae.training.checkpoint import CheckpointError, load_checkpoint, save_c
 from minivae.training.data import binarize_dynamic
 from minivae.training.evaluate import heldout_elbo, latent_statistics
 from minivae.training.step import TrainStep
-from minivae.validation import check_data
 
 STREAMS = {"data": 0, "noise": 1, "eval": 2, "final": 3, "pictures": 4}
 # fields of TrainConfig that do not change the trajectory of the parameters; a resumed run may differ
@@ -175,10 +174,8 @@ class Trainer:
                  progress=True, log=print, metadata=None, optimizer=None):
         self.model, self.backend = model, model.backend
         self.config = config if config is not None else TrainConfig()
-        bernoulli = model.likelihood == "bernoulli"
-        self.x_train = check_data(self._on_device(x_train), model, name="x_train", unit_interval=bernoulli)
-        self.x_valid = (None if x_valid is None else
-                        check_data(self._on_device(x_valid), model, name="x_valid", unit_interval=bernoulli))
+        self.x_train = model.check_x(self._on_device(x_train), name="x_train")
+        self.x_valid = None if x_valid is None else model.check_x(self._on_device(x_valid), name="x_valid")
         self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
         self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
                               threads=self.config.threads)

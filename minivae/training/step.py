@@ -12,10 +12,17 @@ host synchronisation. Validate the data set once before training (the training l
 """
 from __future__ import annotations
 
-from minivae.fast.engine import FusedStep
+import warnings
+
+from minivae.fast.engine import FusedStep, unsupported_reason
 from minivae.fast.threads import PairRunner, single_threaded_blas
-from minivae.model import VAE, LossTerms
-from minivae.validation import check_data, check_eps, check_layout
+from minivae.model import LossTerms
+from minivae.validation import check_eps, check_layout
+
+
+class FastPathWarning(UserWarning):
+    """The fast path does not support a model, and the reference path runs instead."""
+
 
 # ``threads="auto"`` splits a step between two threads when batch size x parameters reaches this:
 # handing work to a thread costs some 50-100 us, worth it from batch 16 of the 784-400-20 model
@@ -30,9 +37,12 @@ class TrainStep:
     noise, otherwise it is drawn from ``model.random``. The gradients of the last step stay in
     ``step.grads`` (overwritten by the next step).
 
-    ``fused=True`` (default) runs :class:`minivae.engine.FusedStep`; ``fused=False`` (and any model
-    that is not a plain :class:`~minivae.model.VAE`, e.g. a subclass with its own forward) runs the
-    reference ``model.forward_backward``.
+    ``fused=True`` (default) runs :class:`minivae.fast.engine.FusedStep` where it supports the model
+    (:func:`minivae.fast.engine.unsupported_reason`); for any other model (a likelihood or an
+    activation without fused kernels, a subclass of VAE) it runs the reference
+    ``model.forward_backward`` and the optimizer, and warns once (:class:`FastPathWarning`).
+    ``fused=False`` runs the reference without a warning. ``step.path`` says which runs
+    (``"fused"`` or ``"reference"``), ``step.reason`` why not the fused one (None when it runs).
 
     ``threads`` (NumPy only): 2 splits each step between two threads (see :meth:`_two_threads`),
     1 runs it on the calling thread with the BLAS as configured, ``"auto"`` (default) splits when
@@ -50,7 +60,12 @@ class TrainStep:
         self.model, self.optimizer, self.n_samples = model, optimizer, int(n_samples)
         self.grads = model.zeros_like_params()
         self.check_values = bool(check_values)
-        self.fused = bool(fused) and type(model) is VAE
+        self.reason = unsupported_reason(model) if fused else "fused=False"
+        if fused and self.reason is not None:
+            warnings.warn(f"TrainStep runs the reference path (forward_backward + optimizer): {self.reason}. "
+                          "Same math, slower.", FastPathWarning, stacklevel=2)
+        self.fused = self.reason is None
+        self.path = "fused" if self.fused else "reference"
         self._engine = FusedStep(model, self.grads) if self.fused else None
         # two threads: NumPy only (CuPy is one device; the strict stand-in may, for the tests)
         self.threads = threads if model.backend.name in ("numpy", "strict") and self.fused else 1
@@ -64,7 +79,7 @@ class TrainStep:
             self.optimizer.step(self.grads)
             return terms
         if self.check_values:
-            check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+            model.check_x(x)
         else:
             check_layout(x, model)
         N = x.shape[0]

@@ -49,7 +49,7 @@ def test_activation_backward(name, rng):
 ])
 def test_activation_forward_values(name, expected, rng):
     x = rng.standard_normal((4, 7)) * 3
-    np.testing.assert_allclose(layers.get_activation(name)[0](x)[0], expected(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(layers.get_activation(name).forward(x)[0], expected(x), rtol=1e-12, atol=1e-15)
 
 
 def test_relu_derivative_at_the_kink_is_zero():
