@@ -23,13 +23,13 @@ from minivae.training.checkpoint import load_checkpoint, load_model, save_checkp
 from minivae.training.data import load_dataset
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
 from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, train
-from minivae.training.step import TrainStep
+from minivae.training.step import FastPathWarning, TrainStep
 from minivae.validation import InputError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VAE", "LossTerms", "Parameters", "TrainStep", "Adam", "SGD",
+    "VAE", "LossTerms", "Parameters", "TrainStep", "FastPathWarning", "Adam", "SGD",
     "Backend", "BackendUnavailableError", "get_backend", "set_backend", "get_array_module", "to_numpy",
     "gradcheck", "check_model_gradients", "numeric_gradient", "GradcheckReport", "InputError",
     "data", "load_dataset", "Trainer", "TrainConfig", "TrainingDiverged", "train",

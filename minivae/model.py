@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from minivae.backend import get_backend
+from minivae._types import Array, DType, Scalar
+from minivae.backend import Backend, get_backend
 from minivae.ops.latent import (
     kl_standard_normal,
     kl_standard_normal_backward,
@@ -30,7 +32,7 @@ from minivae.ops.latent import (
     reparameterize,
     reparameterize_backward,
 )
-from minivae.ops.layers import get_activation, linear_backward, linear_forward
+from minivae.ops.layers import Activation, get_activation, linear_backward, linear_forward
 from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
 from minivae.params import Parameters
 from minivae.validation import check_data, check_eps, resolve_dtype
@@ -43,11 +45,11 @@ class LossTerms:
 
     ``loss = reconstruction + beta * kl``.
     """
-    loss: object
-    reconstruction: object
-    kl: object
+    loss: Scalar
+    reconstruction: Scalar
+    kl: Scalar
 
-    def as_floats(self) -> dict:
+    def as_floats(self) -> dict[str, float]:
         """Host copies: ``{"loss": ..., "reconstruction": ..., "kl": ...}`` as Python floats."""
         return {"loss": float(self.loss), "reconstruction": float(self.reconstruction),
                 "kl": float(self.kl)}
@@ -112,9 +114,11 @@ class VAE:
         every backend) and the model's own noise source ``model.random``.
     """
 
-    def __init__(self, input_dim, hidden_dims, latent_dim, likelihood="bernoulli", activation="relu",
-                 backend=None, dtype="float32", seed=None, decoder_hidden_dims=None,
-                 decoder_variance=1.0, likelihood_options=None):
+    def __init__(self, input_dim: int, hidden_dims: Sequence[int], latent_dim: int,
+                 likelihood: str | Likelihood = "bernoulli", activation: str | Activation = "relu",
+                 backend: str | Backend | None = None, dtype: DType = "float32", seed: int | None = None,
+                 decoder_hidden_dims: Sequence[int] | None = None, decoder_variance: float | str = 1.0,
+                 likelihood_options: dict | None = None):
         self.likelihood_op = self._likelihood_from(likelihood, decoder_variance, likelihood_options)
         self.activation_op = get_activation(activation)
         hidden_dims = [int(h) for h in hidden_dims]
@@ -166,7 +170,7 @@ class VAE:
                    if type(self.likelihood_op) is not Gaussian and self.likelihood_op.options() else {})}
 
     @property
-    def flat_params(self):
+    def flat_params(self) -> Array:
         """All parameters as one contiguous vector (``params`` are views into it)."""
         return self.params.flat
 
@@ -236,7 +240,7 @@ class VAE:
     def _reconstruction_nll_backward(self, dnll, cache, grads):
         return self.likelihood_op.nll_backward(dnll, cache, grads)
 
-    def check_x(self, x, name="x"):
+    def check_x(self, x: Array, name: str = "x") -> Array:
         """``x`` checked as data for this model: backend, dtype, shape (N, D), finite values inside
         the likelihood's ``data_range`` (e.g. [0, 1] for Bernoulli). Returns ``x``."""
         op = self.likelihood_op
@@ -254,34 +258,34 @@ class VAE:
                        (encoder_cache, reparameterize_cache, decoder_cache, nll_cache, kl_cache))
 
     # --- public API -----------------------------------------------------------------------------
-    def encode(self, x):
+    def encode(self, x: Array) -> tuple[Array, Array]:
         """q(z|x): ``(N, D) -> (mu, logvar)``, each ``(N, K)``."""
         x = self.check_x(x)
         mu, logvar, _ = self._encoder_forward(x)
         return mu, logvar
 
-    def decode(self, z):
+    def decode(self, z: Array) -> Array:
         """p(x|z): ``(N, K) -> (N, D)`` logits (Bernoulli) or means (Gaussian)."""
         z = check_data(z, self, dim=self.latent_dim, name="z")
         return self._decoder_forward(z)[0]
 
-    def decode_mean(self, z):
+    def decode_mean(self, z: Array) -> Array:
         """E[x | z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. ``(N, K) -> (N, D)``."""
         return self.likelihood_op.mean(self.decode(z), self.params)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x: Array) -> Array:
         """E[x | z = mu(x)]: the decoded posterior mean. ``(N, D) -> (N, D)``."""
         mu, _ = self.encode(x)
         return self.decode_mean(mu)
 
-    def sample(self, n, eps=None):
+    def sample(self, n: int, eps: Array | None = None) -> Array:
         """Draw ``n`` images from the model: z ~ N(0, I), then E[x | z]. Returns ``(n, D)``.
 
         ``eps`` (n, K) fixes the prior draws."""
         z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
         return self.decode_mean(z)
 
-    def log_likelihood(self, x, z):
+    def log_likelihood(self, x: Array, z: Array) -> Array:
         """log p(x | z) per sample and example: x (N, D), z (..., N, K) -> (..., N).
 
         ``z`` may carry leading sample axes (e.g. (L, N, K), or (G, 1, K) for G points against
@@ -292,7 +296,7 @@ class VAE:
         nll, _ = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
         return -nll
 
-    def log_likelihood_and_grad(self, x, z):
+    def log_likelihood_and_grad(self, x: Array, z: Array) -> tuple[Array, Array]:
         """log p(x | z) and its gradient with respect to z, per sample and example:
         x (N, D), z (..., N, K) -> (..., N) and (..., N, K). The decoder's parameters get no
         gradient here (for that: :meth:`forward_backward`)."""
@@ -305,7 +309,7 @@ class VAE:
         dz = self._decoder_backward(dout.reshape(-1, self.input_dim), decoder_cache, scratch)
         return -nll, -dz.reshape(z.shape)
 
-    def encoder_backward(self, x, dmu, dlogvar):
+    def encoder_backward(self, x: Array, dmu: Array, dlogvar: Array) -> Parameters:
         """Backpropagate head gradients through the encoder: ``sum_n J_n^T (dmu_n, dlogvar_n)``.
 
         For studying gradient estimators: any estimator of dLoss/d(mu, logvar) becomes an estimator
@@ -318,11 +322,13 @@ class VAE:
         self._encoder_backward(dmu, dlogvar, cache, grads)
         return grads
 
-    def draw_eps(self, batch_size, n_samples=1):
+    def draw_eps(self, batch_size: int, n_samples: int = 1) -> Array:
         """Fresh noise eps ~ N(0, I) of shape (n_samples, batch_size, K), on the model's device."""
         return self.random.normal((n_samples, batch_size, self.latent_dim), self.dtype)
 
-    def forward_backward(self, x, eps=None, n_samples=1, beta=1.0, grads=None, need_grads=True):
+    def forward_backward(self, x: Array, eps: Array | None = None, n_samples: int = 1, beta: float = 1.0,
+                         grads: Parameters | None = None,
+                         need_grads: bool = True) -> tuple[LossTerms, Parameters | None]:
         """One forward and (optionally) backward pass of the negative ELBO.
 
         Parameters
@@ -372,7 +378,8 @@ class VAE:
         self._encoder_backward(dmu + dmu_kl, dlogvar + dlogvar_kl, encoder_cache, grads)
         return terms, grads
 
-    def loss_and_grads(self, x, eps=None, n_samples=1, beta=1.0):
+    def loss_and_grads(self, x: Array, eps: Array | None = None, n_samples: int = 1,
+                       beta: float = 1.0) -> tuple[float, Parameters]:
         """The batch-mean negative ELBO (a Python float, nats) and its gradients.
 
         ``grads`` has exactly the keys of ``params``. Deterministic when ``eps`` is given:
@@ -381,15 +388,16 @@ class VAE:
         terms, grads = self.forward_backward(x, eps=eps, n_samples=n_samples, beta=beta)
         return float(terms.loss), grads
 
-    def loss(self, x, eps=None, n_samples=1, beta=1.0):
+    def loss(self, x: Array, eps: Array | None = None, n_samples: int = 1, beta: float = 1.0) -> float:
         """The batch-mean negative ELBO alone, a Python float (nats)."""
         return float(self.loss_terms(x, eps=eps, n_samples=n_samples, beta=beta).loss)
 
-    def loss_terms(self, x, eps=None, n_samples=1, beta=1.0) -> LossTerms:
+    def loss_terms(self, x: Array, eps: Array | None = None, n_samples: int = 1,
+                   beta: float = 1.0) -> LossTerms:
         """The loss, reconstruction and KL batch means (as device scalars), without gradients."""
         return self.forward_backward(x, eps=eps, n_samples=n_samples, beta=beta, need_grads=False)[0]
 
-    def elbo_per_example(self, x, eps=None, n_samples=1):
+    def elbo_per_example(self, x: Array, eps: Array | None = None, n_samples: int = 1) -> Array:
         """Per-example Monte Carlo ELBO estimates, ``(N,)`` on the device (beta = 1)."""
         x = self.check_x(x)
         if eps is None:
@@ -398,7 +406,7 @@ class VAE:
         forward = self._forward(x, eps)
         return -(forward.nll.mean(axis=0) + forward.kl)
 
-    def log_importance_weights(self, x, eps):
+    def log_importance_weights(self, x: Array, eps: Array) -> Array:
         """log w = log p(x | z) + log p(z) - log q(z | x) for z = mu + sigma * eps.
 
         The building block of the importance-weighted bound IWAE_k = E log mean_k w_k.

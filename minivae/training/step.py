@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import warnings
 
+from minivae._types import Array
 from minivae.fast.engine import FusedStep, unsupported_reason
 from minivae.fast.threads import PairRunner, single_threaded_blas
-from minivae.model import LossTerms
+from minivae.model import VAE, LossTerms
+from minivae.optim import Optimizer
 from minivae.validation import check_eps, check_layout
 
 
@@ -52,7 +54,8 @@ class TrainStep:
     a run is reproducible for a given setting.
     """
 
-    def __init__(self, model, optimizer, n_samples=1, fused=True, check_values=False, threads="auto"):
+    def __init__(self, model: VAE, optimizer: Optimizer, n_samples: int = 1, fused: bool = True,
+                 check_values: bool = False, threads: str | int = "auto"):
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         if threads not in ("auto", 1, 2):
@@ -71,7 +74,7 @@ class TrainStep:
         self.threads = threads if model.backend.name in ("numpy", "strict") and self.fused else 1
         self._pair = None
 
-    def __call__(self, x, beta=1.0, eps=None) -> LossTerms:
+    def __call__(self, x: Array, beta: float = 1.0, eps: Array | None = None) -> LossTerms:
         model, beta = self.model, float(beta)
         if not self.fused:
             terms, _ = model.forward_backward(x, eps=eps, n_samples=self.n_samples, beta=beta,
