@@ -29,8 +29,8 @@ import threading
 
 from minivae.fast.array_kernels import NEEDS_PREACTIVATION
 from minivae.fast.dispatch import get_kernels
+from minivae.ops.numerics import LOG_2PI
 
-LOG_2PI = math.log(2.0 * math.pi)
 PARTS = 2  # row ranges that may run at the same time (each has its own small scratch)
 
 
