@@ -66,8 +66,8 @@ def main(argv=None):
     random = model.backend.random(args.seed + 100)
     # R_k = max(repeats, budget / k) independent k-sample bounds: the same number of samples per k
     budget = 2_000 if args.fast else 100_000
-    estimates = [posterior.iwae_bound(model, x, k, n_repeats=max(args.repeats, budget // k),
-                                      random=random) for k in ks]
+    estimates = [posterior.iwae_bound_repeats(model, x, k, n_repeats=max(args.repeats, budget // k),
+                                              random=random) for k in ks]
     iwae = np.stack([minivae.to_numpy(e) for e, _ in estimates])                 # (M, N)
     iwae_se = np.stack([minivae.to_numpy(se) for _, se in estimates])
     print(f"\nIWAE_k (max({args.repeats}, {budget} / k) repeats each, "

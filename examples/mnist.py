@@ -168,7 +168,7 @@ def write_json(path, data):
         stream.write("\n")
 
 
-def latent_grid(n):
+def normal_quantile_grid(n):
     """An n x n grid of 2-D z values at the normal quantiles of (0.05 ... 0.95), as in Kingma & Welling's
     figures: (n n, 2) on the host."""
     quantiles = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, n)]
@@ -194,7 +194,7 @@ def draw_pictures(model, args, x_test, labels, history, note, out, class_names) 
                                      title=f"posterior means of {len(mu):,} test images: {label}{suffix}"))
     if model.latent_dim == 2:
         n = 20
-        z = model.backend.to_device(latent_grid(n), dtype=model.dtype)
+        z = model.backend.to_device(normal_quantile_grid(n), dtype=model.dtype)
         images = to_numpy(model.decode_mean(z)).reshape(n, n, -1)
         written.append(plots.plot_manifold(images, out / "manifold.png",
                                            title=f"E[x | z] over a grid of z at normal quantiles: {label}{suffix}"))

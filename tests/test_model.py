@@ -8,6 +8,8 @@ from scipy import special, stats
 
 import minivae
 from minivae.backend import cupy_gpu_available
+from minivae.gradcheck import relative_error
+from minivae.ops.latent import kl_standard_normal, reparameterize
 
 TOL = 1e-7
 
@@ -262,3 +264,45 @@ def test_encoder_backward_gives_the_encoder_part_of_the_gradient(rng):
     for name in grads:
         expected = grads[name] if name.startswith("encoder.") else np.zeros_like(grads[name])
         np.testing.assert_allclose(encoder_grads[name], expected, rtol=1e-12, atol=1e-15)
+
+
+LIKELIHOOD_OPTIONS = [("bernoulli", {}), ("gaussian", {"decoder_variance": 1.0}),
+                      ("gaussian", {"decoder_variance": "learned"})]
+
+
+def with_learned_variance_away_from_zero(model, rng):
+    """A learned log-variance that is not 0 everywhere, so that it takes part in the check."""
+    if model.decoder_variance == "learned" and model.likelihood == "gaussian":
+        model.params["decoder.logvar"][...] = model.backend.to_device(rng.uniform(-1.0, 1.0, model.input_dim))
+    return model
+
+
+@pytest.mark.parametrize("likelihood,options", LIKELIHOOD_OPTIONS)
+def test_log_likelihood_z_gradient_matches_central_differences(likelihood, options, rng):
+    """grad_z log p(x|z) of log_likelihood_and_grad against the 4th-order central difference of
+    log_likelihood, for z with a leading sample axis (L, N, K) and a random upstream gradient."""
+    model = with_learned_variance_away_from_zero(small_model(likelihood, **options), rng)
+    x, z = batch(rng, likelihood), rng.standard_normal((2, 5, 3))
+    dout = rng.standard_normal((2, 5))
+    log_px, dz = model.log_likelihood_and_grad(x, z)
+    assert log_px.shape == (2, 5) and dz.shape == (2, 5, 3)
+    np.testing.assert_array_equal(log_px, model.log_likelihood(x, z))
+    numeric = minivae.numeric_gradient(lambda v: model.log_likelihood(x, v), z.copy(), dout=dout)
+    assert relative_error(dout[..., None] * dz, numeric) < 1e-8
+
+
+@pytest.mark.parametrize("likelihood,options", LIKELIHOOD_OPTIONS)
+def test_log_likelihood_is_minus_the_reconstruction_term(likelihood, options, backend, rng):
+    """With the same eps, log p(x|z) at z = mu + sigma eps is minus what forward_backward averages
+    into its reconstruction term, and with the closed-form KL gives the per-example ELBO."""
+    model = with_learned_variance_away_from_zero(small_model(likelihood, backend=backend.name, **options), rng)
+    x = backend.to_device(batch(rng, likelihood))
+    eps = backend.to_device(rng.standard_normal((3, 5, 3)))
+    mu, logvar = model.encode(x)
+    z, _ = reparameterize(mu, logvar, eps)
+    log_px = model.log_likelihood(x, z)                                       # (L, N)
+    terms, _ = model.forward_backward(x, eps=eps, need_grads=False)
+    assert float(-log_px.mean()) == pytest.approx(float(terms.reconstruction), rel=1e-14)
+    kl, _ = kl_standard_normal(mu, logvar)
+    np.testing.assert_allclose(minivae.to_numpy(log_px.mean(axis=0) - kl),
+                               minivae.to_numpy(model.elbo_per_example(x, eps=eps)), rtol=1e-14)

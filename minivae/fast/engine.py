@@ -36,8 +36,8 @@ from minivae.fast.dispatch import get_kernels
 from minivae.model import VAE
 from minivae.ops.layers import ACTIVATIONS
 from minivae.ops.likelihoods import Bernoulli, Gaussian
+from minivae.ops.numerics import LOG_2PI
 
-LOG_2PI = math.log(2.0 * math.pi)
 PARTS = 2  # row ranges that may run at the same time (each has its own small scratch)
 
 # The activations that have fused kernels (bias + activation, derivative), as the registered

@@ -6,11 +6,8 @@ tests and reproductions can fix the noise.
 """
 from __future__ import annotations
 
-import math
-
 from minivae.backend import get_array_module
-
-LOG_2PI = math.log(2.0 * math.pi)
+from minivae.ops.numerics import LOG_2PI
 
 
 def reparameterize(mu, logvar, eps):

@@ -22,9 +22,7 @@ import numpy as np
 
 from minivae.backend import get_array_module
 from minivae.ops.layers import sigmoid, softplus
-
-LOG_2PI = math.log(2.0 * math.pi)
-
+from minivae.ops.numerics import LOG_2PI
 
 # --- Bernoulli ----------------------------------------------------------------------------------
 

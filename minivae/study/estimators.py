@@ -44,17 +44,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from minivae.backend import get_array_module
+from minivae.backend import Random, get_array_module
+from minivae.model import VAE
 from minivae.ops.latent import (
+    kl_standard_normal,
     kl_standard_normal_backward,
     log_normal,
     log_normal_backward,
     log_standard_normal,
+    reparameterize,
     reparameterize_backward,
 )
-from minivae.params import flat_views
-from minivae.validation import check_data, check_eps
+from minivae.ops.numerics import Array
+from minivae.params import Parameters, flat_views
+from minivae.validation import check_eps, check_layout
 
 ESTIMATORS = ("reparam", "reparam_path", "score", "score_loo")
 KL_FORMS = ("sampled", "analytic")
@@ -71,7 +76,8 @@ def _check_options(estimator, kl, n_samples=None):
 
 # --- the head gradient: d(loss_n)/d(mu_n, logvar_n), one term per Monte Carlo sample --------------
 
-def head_gradient_terms(model, x, eps, estimator="reparam", kl="sampled"):
+def head_gradient_terms(model: VAE, x: Array, eps: Array, estimator: str = "reparam",
+                        kl: str = "sampled") -> Tuple[Array, Array]:
     """Per-sample estimates of the gradient of the per-example loss -ELBO_n with respect to the
     encoder outputs mu_n and logvar_n.
 
@@ -80,7 +86,7 @@ def head_gradient_terms(model, x, eps, estimator="reparam", kl="sampled"):
     estimator; for the others each term is an independent one-sample estimate).
 
     With z_l = mu + sigma eps_l, s_l = grad_{mu, logvar} log q(z_l|x) at fixed z (the score,
-    :func:`minivae.gaussian.log_normal_backward`) and c_l the per-sample loss (see the module doc):
+    :func:`minivae.ops.latent.log_normal_backward`) and c_l the per-sample loss (see the module doc):
 
     reparam:    d_l = reparameterize_backward(grad_z c(z_l)) + grad_phi c |_z   (total derivative)
     reparam_path: d_l = reparameterize_backward(grad_z c(z_l))                  (path only)
@@ -90,24 +96,21 @@ def head_gradient_terms(model, x, eps, estimator="reparam", kl="sampled"):
     plus, for ``kl="analytic"``, the closed-form KL gradient (mu, (exp(logvar) - 1) / 2) on every term.
     """
     _check_options(estimator, kl, eps.shape[0] if eps.ndim == 3 else 1)
-    x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+    mu, logvar = model.encode(x)                                                  # checks x
     eps = check_eps(eps, model, x.shape[0])
     xp = model.xp
-    L, N, K = eps.shape
-    forward = model._forward(x, eps)
-    _, reparameterize_cache, decoder_cache, nll_cache, kl_cache = forward.caches
-    log_q, log_q_cache = log_normal(forward.z, forward.mu, forward.logvar)       # (L, N)
+    L, N, _ = eps.shape
+    z, reparameterize_cache = reparameterize(mu, logvar, eps)                    # (L, N, K)
+    log_q, log_q_cache = log_normal(z, mu, logvar)                               # (L, N)
     ones = xp.ones((L, N), dtype=model.dtype)
     dmu_score, dlogvar_score = log_normal_backward(ones, log_q_cache)            # s_l: (L, N, K) x2
 
     if estimator in ("reparam", "reparam_path"):
-        scratch = model.zeros_like_params()   # decoder gradients: computed on the way, not wanted
-        dout = model._reconstruction_nll_backward(ones, nll_cache, scratch)
-        dz = model._decoder_backward(dout.reshape(L * N, model.input_dim), decoder_cache, scratch)
-        dz = dz.reshape(L, N, K)                                                 # grad_z -log p(x|z)
+        _, dlog_px = model.log_likelihood_and_grad(x, z)
+        dz = -dlog_px                                                            # grad_z -log p(x|z)
         if kl == "sampled":
             # + grad_z [-log p(z)] = z,  + grad_z [log q(z|x)] = -(z - mu) / sigma^2 = -dmu_score
-            dz = dz + forward.z - dmu_score
+            dz = dz + z - dmu_score
         # A cache whose sigma already has the samples' shape: reparameterize_backward then keeps
         # one term per sample instead of summing over the Monte Carlo axis.
         sigma, eps_cached = reparameterize_cache
@@ -117,16 +120,18 @@ def head_gradient_terms(model, x, eps, estimator="reparam", kl="sampled"):
             # (path + score together give d/dmu = 0, d/dlogvar = -1/2: the gradient of -entropy(q))
             dmu, dlogvar = dmu + dmu_score, dlogvar + dlogvar_score
     else:
+        nll = -model.log_likelihood(x, z)                                        # (L, N)
         if kl == "sampled":
-            c = forward.nll - log_standard_normal(forward.z) + log_q                 # -log w
+            c = nll - log_standard_normal(z) + log_q                                 # -log w
         else:
-            c = forward.nll                                                          # -log p(x|z)
+            c = nll                                                                  # -log p(x|z)
         if estimator == "score_loo":
             c = c - (c.sum(axis=0) - c) / (L - 1)                                     # c_l - b_l
         c = c[..., None]
         dmu, dlogvar = c * dmu_score, c * dlogvar_score
 
     if kl == "analytic":
+        _, kl_cache = kl_standard_normal(mu, logvar)
         dmu_kl, dlogvar_kl = kl_standard_normal_backward(xp.ones((N,), dtype=model.dtype), kl_cache)
         dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl
     return dmu, dlogvar
@@ -134,16 +139,16 @@ def head_gradient_terms(model, x, eps, estimator="reparam", kl="sampled"):
 
 # --- from the head gradient to the encoder's parameters ------------------------------------------
 
-def encoder_parameter_names(model):
+def encoder_parameter_names(model: VAE) -> List[str]:
     """The encoder's parameter names, in storage order: the phi of q_phi(z|x)."""
     return [name for name in model.shapes if name.startswith("encoder.")]
 
 
-def encoder_parameter_count(model) -> int:
+def encoder_parameter_count(model: VAE) -> int:
     return sum(math.prod(model.shapes[name]) for name in encoder_parameter_names(model))
 
 
-def encoder_backward(model, x, dmu, dlogvar):
+def encoder_backward(model: VAE, x: Array, dmu: Array, dlogvar: Array) -> Dict[str, Array]:
     """Backpropagate given dmu, dlogvar (N, K) through the encoder for the batch x (N, D).
 
     Returns ``{name: gradient}`` for the encoder's parameters: sum_n J_n^T (dmu_n, dlogvar_n)
@@ -153,14 +158,15 @@ def encoder_backward(model, x, dmu, dlogvar):
     return {name: grads[name] for name in encoder_parameter_names(model)}
 
 
-def encoder_jacobian(model, x):
+def encoder_jacobian(model: VAE, x: Array) -> Array:
     """J (N, 2K, P): row a of J[n] is the gradient of head output a of example n, (mu_n, logvar_n)[a],
     with respect to the P encoder parameters flattened in storage order.
 
     Built with 2K backward passes per example (a one-hot dmu or dlogvar each), with
-    :meth:`VAE.encoder_backward`; then grad_phi = J^T (dmu, dlogvar) for any head gradient.
+    :meth:`VAE.encoder_backward` (which checks each example); then grad_phi = J^T (dmu, dlogvar)
+    for any head gradient.
     """
-    x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+    check_layout(x, model)
     xp, K = model.xp, model.latent_dim
     names = encoder_parameter_names(model)
     rows = []
@@ -173,7 +179,7 @@ def encoder_jacobian(model, x):
     return xp.stack(rows).reshape(x.shape[0], 2 * K, -1)
 
 
-def encoder_gradients(jacobian, dmu, dlogvar):
+def encoder_gradients(jacobian: Array, dmu: Array, dlogvar: Array) -> Array:
     """Parameter gradients of the batch-mean loss from head gradients:  g = (1/N) sum_n J_n^T d_n.
 
     Shapes: jacobian (N, 2K, P), dmu and dlogvar (..., N, K) -> (..., P).
@@ -186,7 +192,7 @@ def encoder_gradients(jacobian, dmu, dlogvar):
     return (g * (1.0 / N)).reshape(*lead, P)
 
 
-def as_named(model, vector):
+def as_named(model: VAE, vector: Array) -> Parameters:
     """A flat encoder-gradient vector (P,) as ``{name: view}`` with the parameters' shapes."""
     return flat_views(vector, {name: model.params[name] for name in encoder_parameter_names(model)})
 
@@ -207,31 +213,31 @@ class EstimatorStatistics:
     kl: str
     n_samples: int
     n_repeats: int
-    mean: object
-    variance: object
-    reference: object = None
-    reference_std_error: object = None
+    mean: Array
+    variance: Array
+    reference: Optional[Array] = None
+    reference_std_error: Optional[Array] = None
 
     @property
-    def std_error(self):
+    def std_error(self) -> Array:
         """Standard error of ``mean``: sqrt(variance / R)."""
         return (self.variance * (1.0 / self.n_repeats)) ** 0.5
 
     @property
-    def active(self):
+    def active(self) -> Array:
         """Parameters whose gradient is not identically zero for this batch (a first-layer weight
         of a pixel that is 0 in every example gets exactly 0 from every estimator). Boolean (P,)."""
         return self.variance > 0.0
 
     @property
-    def snr(self):
+    def snr(self) -> Array:
         """Signal-to-noise ratio per parameter: |reference| / sqrt(variance) (Rainforth et al., 2018).
 
         NaN where the parameter is not ``active`` (0 / 0)."""
         return abs(self.reference) / self._where_active(self.variance ** 0.5)
 
     @property
-    def z_scores(self):
+    def z_scores(self) -> Array:
         """(mean - reference) / combined standard error: ~ N(0, 1) per parameter if unbiased.
 
         NaN where the parameter is not ``active``."""
@@ -240,7 +246,7 @@ class EstimatorStatistics:
             se2 = se2 + self.reference_std_error ** 2
         return (self.mean - self.reference) / self._where_active(se2 ** 0.5)
 
-    def _where_active(self, denominator):
+    def _where_active(self, denominator: Array) -> Array:
         xp = get_array_module(denominator)
         return xp.where(self.active, denominator, float("nan"))
 
@@ -250,9 +256,10 @@ class EstimatorStatistics:
         return float(self.variance.sum())
 
 
-def estimator_statistics(model, x, estimator="reparam", n_samples=1, n_repeats=100, kl="sampled",
-                         reference=None, reference_std_error=None, random=None, jacobian=None,
-                         max_batch=65536) -> EstimatorStatistics:
+def estimator_statistics(model: VAE, x: Array, estimator: str = "reparam", n_samples: int = 1,
+                         n_repeats: int = 100, kl: str = "sampled", reference: Optional[Array] = None,
+                         reference_std_error: Optional[Array] = None, random: Optional[Random] = None,
+                         jacobian: Optional[Array] = None, max_batch: int = 65536) -> EstimatorStatistics:
     """Run the L-sample estimator R times and return the mean and variance of each parameter's gradient.
 
     Parameters
@@ -268,7 +275,7 @@ def estimator_statistics(model, x, estimator="reparam", n_samples=1, n_repeats=1
     chunk statistics are merged with Chan et al.'s pairwise update, so memory stays bounded.
     """
     _check_options(estimator, kl, n_samples)
-    x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+    check_layout(x, model)                  # the shape; the values are checked by the model's methods
     xp, K = model.xp, model.latent_dim
     N, L, R = x.shape[0], int(n_samples), int(n_repeats)
     if R < 2:
@@ -298,8 +305,9 @@ def estimator_statistics(model, x, estimator="reparam", n_samples=1, n_repeats=1
                                reference_std_error)
 
 
-def reference_gradient(model, x, n_samples=100_000, kl="sampled", random=None, jacobian=None,
-                       max_batch=65536):
+def reference_gradient(model: VAE, x: Array, n_samples: int = 100_000, kl: str = "sampled",
+                       random: Optional[Random] = None, jacobian: Optional[Array] = None,
+                       max_batch: int = 65536) -> Tuple[Array, Array]:
     """The high-sample reference: the mean of ``n_samples`` one-sample reparameterization gradients
     and its standard error, both (P,). Reparameterization is used because it has the lowest variance
     here; the estimators' expectations are all the same gradient."""
@@ -308,8 +316,10 @@ def reference_gradient(model, x, n_samples=100_000, kl="sampled", random=None, j
     return stats.mean, stats.std_error
 
 
-def compare_estimators(model, x, sample_sizes=(1, 10, 100), estimators=ESTIMATORS, n_repeats=200,
-                       kl="sampled", reference_samples=100_000, random=None, max_batch=65536):
+def compare_estimators(model: VAE, x: Array, sample_sizes: Sequence[int] = (1, 10, 100),
+                       estimators: Sequence[str] = ESTIMATORS, n_repeats: int = 200, kl: str = "sampled",
+                       reference_samples: int = 100_000, random: Optional[Random] = None,
+                       max_batch: int = 65536) -> Dict[Tuple[str, int], EstimatorStatistics]:
     """Statistics of every estimator at every L, against one shared reference.
 
     Returns ``{(estimator, L): EstimatorStatistics}``; "score_loo" is skipped at L = 1.

@@ -21,7 +21,9 @@ that region and q's box. ``posterior_edge_mass`` and ``q_mass`` say whether the 
 
 The importance-weighted bound IWAE_k = E[log (1/k) sum_k w_k] (Burda et al., 2016), with
 w = p(x|z) p(z) / q(z|x) from :meth:`minivae.VAE.log_importance_weights`, rises from the ELBO (k = 1)
-towards log p(x) as k grows; :func:`iwae_bound` estimates it with its standard error.
+towards log p(x) as k grows; :func:`iwae_bound_repeats` estimates it with its standard error, from
+repeated k-sample bounds (the held-out evaluation :func:`minivae.iwae_bound` is one k-sample bound
+per example, for one large k).
 
 Everything is computed with the model's array module; only the box's corners (a few scalars per
 example) are read on the host.
@@ -29,22 +31,15 @@ example) are read on the host.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
-from minivae.backend import get_array_module, to_numpy
+from minivae.backend import Random, get_array_module, to_numpy
+from minivae.model import VAE
 from minivae.ops.latent import kl_standard_normal, log_normal, log_standard_normal
-from minivae.validation import check_data
-
-
-def logsumexp(a, axis=None):
-    """log sum exp(a) along ``axis``, shifted by the maximum so that nothing overflows."""
-    xp = get_array_module(a)
-    a_max = a.max(axis=axis, keepdims=True)
-    a_max = xp.where(xp.isfinite(a_max), a_max, 0.0)
-    total = xp.exp(a - a_max).sum(axis=axis, keepdims=True)
-    positive = total > 0.0                   # all -inf: the log of an empty sum is -inf
-    out = xp.where(positive, xp.log(xp.where(positive, total, 1.0)), -math.inf) + a_max
-    return out.squeeze(axis) if axis is not None else out.reshape(())
+from minivae.ops.numerics import Array, logsumexp  # logsumexp: also importable from here, as before
+from minivae.validation import check_layout
 
 
 @dataclass
@@ -56,17 +51,17 @@ class LatentGrid:
     mu, logvar (N, 2): q(z|x).
     log_likelihood, log_prior, log_q (N, n, n): log p(x|z), log p(z), log q(z|x) at the grid points.
     """
-    z1: object
-    z2: object
-    log_cell_area: object
-    mu: object
-    logvar: object
-    log_likelihood: object
-    log_prior: object
-    log_q: object
+    z1: Array
+    z2: Array
+    log_cell_area: Array
+    mu: Array
+    logvar: Array
+    log_likelihood: Array
+    log_prior: Array
+    log_q: Array
 
     @property
-    def log_joint(self):
+    def log_joint(self) -> Array:
         """log p(x, z) = log p(x|z) + log p(z), (N, n, n)."""
         return self.log_likelihood + self.log_prior
 
@@ -77,18 +72,15 @@ def _log_densities(model, x_n, mu_n, logvar_n, z1, z2, chunk):
     n1, n2 = z1.shape[0], z2.shape[0]
     z = xp.stack([xp.broadcast_to(z1[:, None], (n1, n2)), xp.broadcast_to(z2[None, :], (n1, n2))],
                  axis=-1).reshape(n1 * n2, 2)
-    log_likelihood = []
-    for start in range(0, n1 * n2, chunk):
-        out, _ = model._decoder_forward(z[start:start + chunk])
-        nll, _ = model._reconstruction_nll(out[:, None, :], x_n)                  # (G, 1)
-        log_likelihood.append(-nll[:, 0])
+    log_likelihood = [model.log_likelihood(x_n, z[start:start + chunk, None, :])[:, 0]   # (G, 1, 2) -> (G,)
+                      for start in range(0, n1 * n2, chunk)]
     log_likelihood = xp.concatenate(log_likelihood).reshape(n1, n2)
     log_q, _ = log_normal(z[:, None, :], mu_n, logvar_n)                          # (G, 1)
     return log_likelihood, log_standard_normal(z).reshape(n1, n2), log_q[:, 0].reshape(n1, n2)
 
 
-def latent_grid(model, x, n_grid=401, prior_width=6.0, q_width=8.0, threshold=40.0, n_coarse=81,
-                chunk=32768) -> LatentGrid:
+def latent_grid(model: VAE, x: Array, n_grid: int = 401, prior_width: float = 6.0, q_width: float = 8.0,
+                threshold: float = 40.0, n_coarse: int = 81, chunk: int = 32768) -> LatentGrid:
     """Evaluate log p(x|z), log p(z) and log q(z|x) on an n_grid x n_grid box per example.
 
     Parameters
@@ -103,9 +95,8 @@ def latent_grid(model, x, n_grid=401, prior_width=6.0, q_width=8.0, threshold=40
     """
     if model.latent_dim != 2:
         raise ValueError(f"the latent grid needs a 2-D latent space, the model has {model.latent_dim}")
-    x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
     xp = model.xp
-    mu, logvar, _ = model._encoder_forward(x)
+    mu, logvar = model.encode(x)                                                   # checks x
     mu_host, sigma_host = to_numpy(mu), to_numpy(xp.exp(0.5 * logvar))
     fields = {"z1": [], "z2": [], "log_cell_area": [], "log_likelihood": [], "log_prior": [], "log_q": []}
     for n in range(x.shape[0]):
@@ -149,13 +140,13 @@ def latent_grid(model, x, n_grid=401, prior_width=6.0, q_width=8.0, threshold=40
     return LatentGrid(log_cell_area=log_cell_area, mu=mu, logvar=logvar, **stacked)
 
 
-def log_marginal_likelihood(grid: LatentGrid):
+def log_marginal_likelihood(grid: LatentGrid) -> Array:
     """log p(x) = log sum_ij p(x|z_ij) p(z_ij) dA, by log-sum-exp. (N,)."""
     N = grid.log_joint.shape[0]
     return logsumexp(grid.log_joint.reshape(N, -1), axis=1) + grid.log_cell_area
 
 
-def log_posterior(grid: LatentGrid):
+def log_posterior(grid: LatentGrid) -> Array:
     """log p(z|x) = log p(x, z) - log p(x) on the grid, (N, n, n): the true posterior density."""
     return grid.log_joint - log_marginal_likelihood(grid)[:, None, None]
 
@@ -167,23 +158,23 @@ def _q_expectation(grid: LatentGrid, values):
     return (weights * values).sum(axis=(1, 2))
 
 
-def q_mass(grid: LatentGrid):
+def q_mass(grid: LatentGrid) -> Array:
     """sum_ij q(z_ij) dA: 1 up to quadrature error when the box covers q. (N,)."""
     xp = get_array_module(grid.log_q)
     return _q_expectation(grid, xp.ones_like(grid.log_q))
 
 
-def expected_log_likelihood(grid: LatentGrid):
+def expected_log_likelihood(grid: LatentGrid) -> Array:
     """E_q[log p(x|z)] by the grid sum (no Monte Carlo). (N,)."""
     return _q_expectation(grid, grid.log_likelihood)
 
 
-def kl_to_posterior(grid: LatentGrid):
+def kl_to_posterior(grid: LatentGrid) -> Array:
     """KL(q(z|x) || p(z|x)) = E_q[log q(z|x) - log p(z|x)] by the grid sum. (N,)."""
     return _q_expectation(grid, grid.log_q - log_posterior(grid))
 
 
-def posterior_edge_mass(grid: LatentGrid):
+def posterior_edge_mass(grid: LatentGrid) -> Array:
     """The posterior probability in the grid's outermost ring of cells: ~0 when the box is big enough."""
     xp = get_array_module(grid.log_q)
     p = xp.exp(log_posterior(grid) + grid.log_cell_area[:, None, None])
@@ -203,14 +194,14 @@ class ElboGap:
     residual                  log_px - elbo - kl_posterior  (quadrature error; 0 in the continuum)
     q_mass, posterior_edge_mass   the box diagnostics (1 and 0 when the box is big enough)
     """
-    log_px: object
-    expected_log_likelihood: object
-    kl_prior: object
-    elbo: object
-    kl_posterior: object
-    residual: object
-    q_mass: object
-    posterior_edge_mass: object
+    log_px: Array
+    expected_log_likelihood: Array
+    kl_prior: Array
+    elbo: Array
+    kl_posterior: Array
+    residual: Array
+    q_mass: Array
+    posterior_edge_mass: Array
 
     def as_floats(self) -> dict:
         """Host copies: ``{field: list of floats}``."""
@@ -218,7 +209,7 @@ class ElboGap:
                 for name in self.__dataclass_fields__}
 
 
-def elbo_gap(model, x, grid: LatentGrid = None, **grid_options) -> ElboGap:
+def elbo_gap(model: VAE, x: Array, grid: Optional[LatentGrid] = None, **grid_options) -> ElboGap:
     """The exact decomposition log p(x) = ELBO + KL(q(z|x) || p(z|x)) for each example of x (N, D).
 
     ``grid`` (from :func:`latent_grid`) is computed with ``grid_options`` when not given.
@@ -233,13 +224,16 @@ def elbo_gap(model, x, grid: LatentGrid = None, **grid_options) -> ElboGap:
                    q_mass(grid), posterior_edge_mass(grid))
 
 
-def iwae_bound(model, x, k, n_repeats=100, random=None, max_batch=65536):
-    """Monte Carlo estimate of IWAE_k = E[ log (1/k) sum_{i=1}^k w_i ], w_i = p(x, z_i) / q(z_i|x).
+def iwae_bound_repeats(model: VAE, x: Array, k: int, n_repeats: int = 100, random: Optional[Random] = None,
+                       max_batch: int = 65536) -> Tuple[Array, Array]:
+    """Monte Carlo estimate of IWAE_k = E[ log (1/k) sum_{i=1}^k w_i ], w_i = p(x, z_i) / q(z_i|x),
+    with its standard error, from ``n_repeats`` independent k-sample bounds.
 
     IWAE_1 is the ELBO; IWAE_k <= IWAE_{k+1} <= log p(x), and IWAE_k -> log p(x) as k -> infinity.
-    Averages ``n_repeats`` independent k-sample bounds. Returns (estimate, std_error), each (N,).
+    Returns (estimate, std_error), each (N,): the mean of the R bounds and their standard deviation
+    over sqrt(R). (:func:`minivae.iwae_bound`, the held-out evaluation, is one bound per example.)
     """
-    x = check_data(x, model, unit_interval=model.likelihood == "bernoulli")
+    check_layout(x, model)
     xp, K = model.xp, model.latent_dim
     N, D, R, k = x.shape[0], x.shape[1], int(n_repeats), int(k)
     if R < 2 or k < 1:
@@ -250,7 +244,17 @@ def iwae_bound(model, x, k, n_repeats=100, random=None, max_batch=65536):
     for start in range(0, R, chunk):
         r = min(chunk, R - start)
         x_tiled = xp.broadcast_to(x, (r, N, D)).reshape(r * N, D)
-        log_w = model.log_importance_weights(x_tiled, random.normal((k, r * N, K), model.dtype))
+        log_w = model.log_importance_weights(x_tiled, random.normal((k, r * N, K), model.dtype))   # checks x
         bounds.append((logsumexp(log_w, axis=0) - math.log(k)).reshape(r, N))
     bounds = xp.concatenate(bounds)                                                 # (R, N)
     return bounds.mean(axis=0), bounds.std(axis=0, ddof=1) * (1.0 / math.sqrt(R))
+
+
+def iwae_bound(model: VAE, x: Array, k: int, n_repeats: int = 100, random: Optional[Random] = None,
+               max_batch: int = 65536) -> Tuple[Array, Array]:
+    """Deprecated name of :func:`iwae_bound_repeats` (it was easy to confuse with the evaluation
+    :func:`minivae.iwae_bound`, which returns an :class:`~minivae.training.evaluate.IWAEResult`)."""
+    warnings.warn("minivae.study.posterior.iwae_bound is deprecated: it is now "
+                  "minivae.study.posterior.iwae_bound_repeats (minivae.iwae_bound is the held-out "
+                  "evaluation, a different function)", DeprecationWarning, stacklevel=2)
+    return iwae_bound_repeats(model, x, k, n_repeats, random, max_batch)

@@ -11,7 +11,8 @@ Importance-weighted bound (Burda, Grosse & Salakhutdinov, 2016), in nats:
 
 The log-mean-exp over k is computed stably and in chunks: with running max m and running sum
 s = sum_i exp(log w_i - m), a new chunk c gives m' = max(m, max c) and
-s' = s exp(m - m') + sum exp(c - m'); finally IWAE_k = m + log s - log k (float64 accumulation).
+s' = s exp(m - m') + sum exp(c - m') (:func:`minivae.ops.numerics.logsumexp_update`); finally
+IWAE_k = m + log s - log k (float64 accumulation).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from minivae.backend import to_numpy
 from minivae.ops.latent import kl_per_dimension
+from minivae.ops.numerics import logsumexp_update, logsumexp_value
 
 # rows (examples x importance samples) decoded per call: large enough to keep the BLAS or the GPU
 # busy, small enough that the (rows, 784) temporaries stay in cache / memory
@@ -119,16 +121,13 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
             count = min(samples_per_call, k - first)
             eps = random.normal((count, n, K), model.dtype)
             log_w = model.log_importance_weights(xb, eps).astype(xp.float64)     # (count, n)
-            chunk_max = log_w.max(axis=0)
             if first == 0:
-                m, s, sum_log_w = chunk_max, xp.exp(log_w - chunk_max).sum(axis=0), log_w.sum(axis=0)
+                state, sum_log_w = logsumexp_update(log_w), log_w.sum(axis=0)
             else:
-                m_new = xp.maximum(m, chunk_max)
-                s = s * xp.exp(m - m_new) + xp.exp(log_w - m_new).sum(axis=0)
-                m, sum_log_w = m_new, sum_log_w + log_w.sum(axis=0)
+                state, sum_log_w = logsumexp_update(log_w, state), sum_log_w + log_w.sum(axis=0)
             if bar is not None:
                 bar.update(count * n)
-        log_px[start:start + n] = m + xp.log(s) - math.log(k)
+        log_px[start:start + n] = logsumexp_value(state) - math.log(k)
         elbo[start:start + n] = sum_log_w * (1.0 / k)
     result = IWAEResult(k, to_numpy(log_px), to_numpy(elbo), 0.0)
     result.seconds = time.perf_counter() - began

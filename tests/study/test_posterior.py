@@ -107,7 +107,8 @@ def test_iwae_rises_towards_log_px(tanh_model):
     model, x = tanh_model
     gap = posterior.elbo_gap(model, x, n_grid=201)
     random = model.backend.random(0)
-    results = {k: posterior.iwae_bound(model, x, k, n_repeats=max(20, 20_000 // k), random=random)
+    results = {k: posterior.iwae_bound_repeats(model, x, k, n_repeats=max(20, 20_000 // k),
+                                               random=random)
                for k in (1, 10, 100, 1000)}
     estimate, se = results[1]
     assert (np.abs(estimate - gap.elbo) < 4 * se).all()
@@ -144,5 +145,14 @@ def test_elbo_gap_runs_on_the_strict_backend():
     numbers = gap.as_floats()
     exact = stats.multivariate_normal(b, W.T @ W + 0.5 * np.eye(6)).logpdf(minivae.to_numpy(x))
     np.testing.assert_allclose(numbers["log_px"], exact, atol=1e-6)
-    estimate, se = posterior.iwae_bound(model, x, 10, n_repeats=5, random=model.backend.random(0))
+    estimate, se = posterior.iwae_bound_repeats(model, x, 10, n_repeats=5, random=model.backend.random(0))
     assert isinstance(estimate, strict.ndarray) and estimate.shape == (3,)
+
+
+def test_the_old_name_of_iwae_bound_repeats_warns_and_gives_the_same_numbers(tanh_model):
+    model, x = tanh_model
+    new = posterior.iwae_bound_repeats(model, x, 5, n_repeats=4, random=model.backend.random(0))
+    with pytest.warns(DeprecationWarning, match="iwae_bound_repeats"):
+        old = posterior.iwae_bound(model, x, 5, n_repeats=4, random=model.backend.random(0))
+    for a, b in zip(old, new):
+        np.testing.assert_array_equal(a, b)
