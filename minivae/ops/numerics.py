@@ -8,11 +8,10 @@ run on NumPy, CuPy and the strict stand-in alike.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
+from minivae._types import Array
 from minivae.backend import get_array_module
-
-Array = Any   # an array of the model's backend (NumPy, CuPy or the strict stand-in)
 
 LOG_2PI = math.log(2 * math.pi)
 

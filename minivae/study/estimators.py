@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from minivae._types import Array
 from minivae.backend import Random, get_array_module
 from minivae.model import VAE
 from minivae.ops.latent import (
@@ -57,7 +58,6 @@ from minivae.ops.latent import (
     reparameterize,
     reparameterize_backward,
 )
-from minivae.ops.numerics import Array
 from minivae.params import Parameters, flat_views
 from minivae.validation import check_eps, check_layout
 

@@ -35,10 +35,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from minivae._types import Array
 from minivae.backend import Random, get_array_module, to_numpy
 from minivae.model import VAE
 from minivae.ops.latent import kl_standard_normal, log_normal, log_standard_normal
-from minivae.ops.numerics import Array, logsumexp  # logsumexp: also importable from here, as before
+from minivae.ops.numerics import logsumexp  # logsumexp: also importable from here, as before
 from minivae.validation import check_layout
 
 
