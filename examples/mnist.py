@@ -32,7 +32,8 @@ except ImportError:  # run from a checkout without `pip install -e .`: use the r
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import minivae
 from minivae import VAE, to_numpy
-from minivae.fast import cpu_library
+from minivae.backend import BACKENDS
+from minivae.fast.dispatch import describe_kernels
 from minivae.ops.layers import ACTIVATIONS
 from minivae.ops.likelihoods import LIKELIHOODS
 from minivae.training.checkpoint import CheckpointError, atomic_open, load_checkpoint
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
     g.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    g.add_argument("--backend", choices=["auto", "numpy", "cupy", "strict"], default="auto",
+    g.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                    help="auto: CuPy if a GPU is usable, else NumPy; strict: the CPU stand-in for "
                         "CuPy used in tests")
     g = p.add_argument_group("training")
@@ -325,8 +326,7 @@ def main(argv=None) -> int:
         "versions": {"minivae": minivae.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         # the last bits of a float32 run depend on it (compiled CPU kernels or NumPy passes)
-        "kernels": {"numpy": cpu_library.status().get(args.dtype, "NumPy passes"),
-                    "cupy": "fused CUDA kernels"}.get(backend.name, "NumPy passes"),
+        "kernels": describe_kernels(backend, args.dtype),
     }
     write_json(out / "metrics.json", metrics)
 

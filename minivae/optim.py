@@ -1,42 +1,39 @@
 """Hand-written optimizers that update parameters in place: SGD with momentum, and Adam.
 
-Both keep their state in flat vectors. When the parameters and the gradients are both views into
-one contiguous vector each (``model.params`` and the model's gradients are: see
-:class:`minivae.params.Parameters`), a step runs on the flat vectors:
-
-* on CuPy, one fused kernel updates parameters and state (:mod:`minivae.kernels`);
-* on NumPy, the same kernels compiled for the CPU, where a C++ compiler is at hand
-  (:mod:`minivae.fast.cpu_library`): one pass, called without the interpreter lock;
-* otherwise (and on the strict stand-in), in place on chunks of at most :data:`CHUNK` entries with
-  one preallocated scratch buffer per range (no allocation, no page faults): Adam is ten passes
-  at NumPy's per-element speed.
+Each optimizer's ``_update`` is its readable reference math: whole-array operations on one array
+and its state, used for any dict of arrays. Both keep their state in flat vectors; when the
+parameters and the gradients are both views into one contiguous vector each (``model.params`` and
+the model's gradients are: see :class:`minivae.params.Parameters`), a step runs on the flat vectors
+instead, with the same arithmetic: :mod:`minivae.fast.updates` (one fused kernel where the
+backend has one, else chunked in-place array passes), tested against ``_update``.
 
 ``step(grads)`` updates everything; a caller that splits the work (the two-thread training step,
 :mod:`minivae.training.step`) calls ``begin_step()`` once and then ``update_range(grads_flat, lo, hi,
-scalars)`` for disjoint ranges, on as many threads. Otherwise (any dict of arrays) each array
-gets the readable whole-array update, ``_update``, which is also the reference the fast path is
-tested against.
+scalars)`` for disjoint ranges, on as many threads.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
-from minivae.backend import get_array_module
+from minivae.backend import Array, Backend, backend_of, get_array_module, get_backend
+from minivae.fast import updates
+from minivae.fast.array_kernels import ArrayKernels
+from minivae.fast.dispatch import get_kernels
 from minivae.params import flat_views
-
-# Elements per chunk of the flat update (and the size of its scratch vector). Chunks that fit the
-# L2 cache (32k) were no faster on a 2-core EPYC (Zen 3) than 1M-entry ones, and on two threads
-# they were slower: every NumPy call hands the interpreter lock over, so fewer, longer calls win
-# (batch 128, two threads: 8.1 ms per step with 64k chunks, 7.5 ms unchunked).
-CHUNK = 1 << 20
 
 
 class Optimizer:
-    """Shared bookkeeping: the parameters, flat state vectors, and state save/restore."""
+    """Shared bookkeeping: the parameters, flat state vectors, and state save/restore.
+
+    ``backend`` runs the flat update (its kernels: :func:`minivae.fast.dispatch.get_kernels`);
+    default: the backend of the parameters' arrays (NumPy for host arrays).
+    """
 
     state_names = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Mapping[str, Array], lr: float, backend: Backend | str | None = None):
         if not lr > 0.0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         if not params:
@@ -44,14 +41,15 @@ class Optimizer:
         self.params = params
         self.lr = float(lr)
         self.step_count = 0
-        xp = get_array_module(next(iter(params.values())))
+        first = next(iter(params.values()))
+        self.backend = backend_of(first) if backend is None else get_backend(backend)
+        xp = get_array_module(first)
         total = sum(p.size for p in params.values())
-        self.state = {name: xp.zeros(total, dtype=next(iter(params.values())).dtype)
-                      for name in self.state_names}
+        self.state = {name: xp.zeros(total, dtype=first.dtype) for name in self.state_names}
         self._state_views = {name: flat_views(vector, params) for name, vector in self.state.items()}
-        self._chunk_cache = {}
+        self._flat_update = None if self.flat is None else self.flat_update(get_kernels(self.backend))
 
-    def step(self, grads) -> None:
+    def step(self, grads: Mapping[str, Array]) -> None:
         """Apply one update, in place, from ``grads`` (same keys and shapes as the parameters)."""
         if grads.keys() != self.params.keys():
             missing = sorted(set(self.params) ^ set(grads))
@@ -65,76 +63,40 @@ class Optimizer:
             self._update(p, grads[name], {k: views[name] for k, views in self._state_views.items()})
 
     @property
-    def flat(self):
+    def flat(self) -> Array | None:
         """The parameters' flat vector, when they are views into one (else None)."""
         return getattr(self.params, "flat", None)
 
-    def begin_step(self):
+    def begin_step(self) -> tuple[float, ...]:
         """Count a step and return its coefficients, for :meth:`update_range` calls (which may
         then run on several threads, on disjoint ranges). :meth:`step` does both."""
         self.step_count += 1
         return self._step_scalars()
 
-    def update_range(self, grads_flat, lo, hi, scalars):
+    def update_range(self, grads_flat: Array, lo: int, hi: int, scalars: tuple[float, ...]) -> None:
         """Update entries [lo, hi) of the flat parameter vector from the flat gradient vector."""
-        kernels = self._fused_kernels(grads_flat)
-        if kernels is not None:
-            state = {name: vector[lo:hi] for name, vector in self.state.items()}
-            self._kernel_update(kernels, self.flat[lo:hi], grads_flat[lo:hi], state, scalars)
-            return
-        for chunk in self._chunks(grads_flat, lo, hi):
-            self._update_chunk(*chunk, scalars)
+        if self._flat_update is None:
+            raise ValueError("update_range needs parameters that are views into one flat vector "
+                             "(minivae.Parameters)")
+        self._flat_update(grads_flat, lo, hi, scalars)
 
-    def _fused_kernels(self, grads_flat):
-        """The one-pass update kernels for these vectors: CUDA on CuPy; on NumPy the same kernels
-        compiled for the CPU (:mod:`minivae.fast.cpu_library`) when they could be built; else None."""
-        module = get_array_module(self.flat).__name__
-        if module == "cupy":
-            from minivae.backend import get_backend
-            from minivae.fast.dispatch import get_kernels
-            return get_kernels(get_backend("cupy"))
-        if module == "numpy" and grads_flat.dtype == self.flat.dtype and grads_flat.flags.c_contiguous:
-            from minivae.fast import cpu_library
-            return cpu_library.get(self.flat.dtype)
-        return None
+    def flat_update(self, kernels: ArrayKernels) -> updates.FlatUpdate:
+        """This optimizer's update of ranges of its flat vectors, run by ``kernels``."""
+        raise NotImplementedError
 
     def _update(self, p, g, state):
         """The reference update of one array ``p`` from ``g`` with its ``state`` (whole-array ops)."""
-        raise NotImplementedError
-
-    def _update_chunk(self, p, g, state, tmp, scalars):
-        """The same update as :meth:`_update`, in place, on 1-D slices, with the scratch ``tmp``."""
-        raise NotImplementedError
-
-    def _kernel_update(self, kernels, p, g, state, scalars):
-        """The same update as one fused CuPy kernel."""
         raise NotImplementedError
 
     def _step_scalars(self):
         """The Python-float coefficients of this step (never float64 arrays: no promotion)."""
         return ()
 
-    def _chunks(self, grads_flat, lo, hi):
-        """[lo, hi) of the flat vectors cut into chunks of :data:`CHUNK`: a list of (p, g, {state name:
-        view}, scratch) views with a scratch buffer of the range's own, made once per range and
-        gradient vector (slicing some 60 views per step costs more than a pass)."""
-        key = (lo, hi)
-        cached = self._chunk_cache.get(key)
-        if cached is not None and cached[0] is grads_flat:
-            return cached[1]
-        p = self.flat
-        scratch = get_array_module(p).zeros(min(CHUNK, max(1, hi - lo)), dtype=p.dtype)
-        chunks = [(p[a:b], grads_flat[a:b], {name: vector[a:b] for name, vector in self.state.items()},
-                   scratch[:b - a])
-                  for a in range(lo, hi, CHUNK) for b in [min(a + CHUNK, hi)]]
-        self._chunk_cache[key] = (grads_flat, chunks)
-        return chunks
-
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{"step": int, "lr": float, ..., <state name>: flat array}``; arrays stay on the device."""
         return {"step": self.step_count, **self.hyperparameters(), **self.state}
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (arrays may come from the host; they are copied in)."""
         for name, vector in self.state.items():
             if name not in state:
@@ -145,7 +107,7 @@ class Optimizer:
             vector[...] = get_array_module(vector).asarray(state[name], dtype=vector.dtype)
         self.step_count = int(state["step"])
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, float | bool]:
         return {"lr": self.lr}
 
 
@@ -156,14 +118,15 @@ class SGD(Optimizer):
         (Nesterov: p <- p - lr * (g + momentum * velocity))
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False):
+    def __init__(self, params: Mapping[str, Array], lr: float = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False, backend: Backend | str | None = None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.state_names = ("velocity",) if momentum else ()
-        super().__init__(params, lr)
+        super().__init__(params, lr, backend)
 
     def _update(self, p, g, state):
         if not self.momentum:
@@ -177,30 +140,10 @@ class SGD(Optimizer):
     def _step_scalars(self):
         return (self.lr, self.momentum)
 
-    def _update_chunk(self, p, g, state, tmp, scalars):
-        lr, momentum = scalars
-        if not momentum:
-            tmp[...] = g
-        else:
-            velocity = state["velocity"]
-            velocity *= momentum
-            velocity += g
-            if self.nesterov:
-                get_array_module(p).multiply(velocity, momentum, out=tmp)
-                tmp += g
-            else:
-                tmp[...] = velocity
-        tmp *= lr
-        p -= tmp
+    def flat_update(self, kernels: ArrayKernels) -> updates.FlatUpdate:
+        return updates.SGDUpdate(self.flat, self.state, kernels, self.nesterov)
 
-    def _kernel_update(self, kernels, p, g, state, scalars):
-        lr, momentum = scalars
-        if not momentum:
-            kernels.sgd(g, lr, p)
-        else:
-            kernels.sgd_momentum(g, lr, momentum, 1.0 if self.nesterov else 0.0, p, state["velocity"])
-
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict[str, float | bool]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
 
 
@@ -224,21 +167,23 @@ class Adam(Optimizer):
 
     state_names = ("exp_sum", "exp_sum_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params: Mapping[str, Array], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 backend: Backend | str | None = None):
         beta1, beta2 = betas
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
         if not eps > 0.0:
             raise ValueError(f"eps must be positive, got {eps}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        super().__init__(params, lr)
+        super().__init__(params, lr, backend)
 
-    def moments(self):
+    def moments(self) -> tuple[Array, Array]:
         """PyTorch's (exp_avg, exp_avg_sq) = ((1 - b1) s, (1 - b2) r), as new flat arrays."""
         return ((1.0 - self.beta1) * self.state["exp_sum"],
                 (1.0 - self.beta2) * self.state["exp_sum_sq"])
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "exp_sum" not in state and "exp_avg" in state:   # PyTorch's moments (older checkpoints)
             xp = get_array_module(self.state["exp_sum"])
             state = {**state,
@@ -268,24 +213,8 @@ class Adam(Optimizer):
         sqrt_weights2 = math.sqrt((1.0 - self.beta2 ** t) / (1.0 - self.beta2))
         return (self.beta1, self.beta2, self.lr * sqrt_weights2 / weights1, self.eps * sqrt_weights2)
 
-    def _update_chunk(self, p, g, state, tmp, scalars):
-        beta1, beta2, step_size, eps_hat = scalars
-        xp = get_array_module(p)
-        s, r = state["exp_sum"], state["exp_sum_sq"]
-        s *= beta1                           # s = b1 s + g
-        s += g
-        xp.multiply(g, g, out=tmp)           # r = b2 r + g^2
-        r *= beta2
-        r += tmp
-        xp.sqrt(r, out=tmp)                  # p -= a s / (sqrt(r) + eps_hat)
-        tmp += eps_hat
-        xp.divide(s, tmp, out=tmp)
-        tmp *= step_size
-        p -= tmp
+    def flat_update(self, kernels: ArrayKernels) -> updates.FlatUpdate:
+        return updates.AdamUpdate(self.flat, self.state, kernels)
 
-    def _kernel_update(self, kernels, p, g, state, scalars):
-        beta1, beta2, step_size, eps_hat = scalars
-        kernels.adam(g, beta1, beta2, step_size, eps_hat, p, state["exp_sum"], state["exp_sum_sq"])
-
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict[str, float | bool]:
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minivae
-from minivae import optim
+from minivae.fast import updates
 from minivae.params import Parameters
 
 SHAPES = {"W": (7, 5), "b": (5,), "v": (3,)}
@@ -84,7 +84,7 @@ def test_sgd_matches_formulas(backend, momentum, nesterov):
 def test_fast_flat_path_equals_reference_per_array_path(backend, make, monkeypatch):
     """The chunked flat update (several chunks, a ragged last one) equals the whole-array
     reference ``_update`` applied array by array (a plain dict takes that path)."""
-    monkeypatch.setattr(optim, "CHUNK", 16)
+    monkeypatch.setattr(updates, "CHUNK", 16)
     fast, ref = flat_params(backend, 1), flat_params(backend, 1)
     fast_opt, ref_opt = make(fast), make(dict(ref))
     for g in gradient_sequence(backend, 4):

@@ -1,4 +1,4 @@
-"""Array backends: where the numbers live and where random numbers come from.
+"""Array backends: where the numbers live, where random numbers come from, and what each can do.
 
 minivae computes with an *array module* ``xp`` that is either NumPy (CPU) or CuPy (GPU), plus a
 third, test-only module ``strict`` (see :mod:`minivae.backend.strict`) that behaves like NumPy but refuses,
@@ -10,182 +10,92 @@ Rules that keep the same code correct on every backend:
   arrays that may live on the GPU;
 * host -> device copies go through :meth:`Backend.to_device` and device -> host copies through
   :func:`to_numpy`; nowhere else;
-* random numbers come from :meth:`Backend.random`, i.e. they are drawn where the arrays live.
+* random numbers come from :meth:`Backend.random`, i.e. they are drawn where the arrays live;
+* what differs between backends is asked of the backend's capabilities (:class:`Backend`), never
+  of its name.
 
-CuPy is imported lazily and never required: ``import minivae`` works without it.
+Each backend is one module here, a :class:`Backend` subclass that declares its capabilities
+(:mod:`~minivae.backend.numpy_backend`, :mod:`~minivae.backend.cupy_backend`,
+:mod:`~minivae.backend.strict_backend`), and one entry in :data:`BACKENDS`; another one is added
+with :func:`register_backend`. CuPy is imported lazily and never required: ``import minivae``
+works without it.
 """
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
-BACKEND_NAMES = ("numpy", "cupy", "strict")
+from minivae.backend.base import SPLIT_STEP, Array, Backend, BackendUnavailableError, Random
+from minivae.backend.cupy_backend import CupyBackend, cupy_gpu_available
+from minivae.backend.numpy_backend import NumpyBackend
+from minivae.backend.strict_backend import StrictBackend
+
+__all__ = ["Backend", "BackendUnavailableError", "Random", "BACKENDS", "BACKEND_NAMES", "get_backend",
+           "set_backend", "resolve_backend_name", "register_backend", "backend_of", "get_array_module",
+           "to_numpy", "cupy_gpu_available"]
+
+# The registry: name -> Backend subclass.
+BACKENDS: dict[str, type[Backend]] = {cls.name: cls for cls in (NumpyBackend, CupyBackend, StrictBackend)}
+BACKEND_NAMES = tuple(BACKENDS)      # the built-in backends
+AUTO = ("cupy", "numpy")             # what "auto" picks: the first of these that can run here
+HOST = "numpy"                       # the backend of the arrays that no backend owns
+CAPABILITIES = ("can_export_rng_state", "draws_into_out", "default_batch_rows", "kernel_family",
+                "split_step")
 _default_backend_name = "numpy"
+_backends = {}                       # name -> the Backend instance
 
 
-class BackendUnavailableError(RuntimeError):
-    """Raised when a backend is asked for but cannot run on this machine."""
+def register_backend(backend_class: type[Backend]) -> type[Backend]:
+    """Add ``backend_class`` to :data:`BACKENDS` under its ``name`` (usable as a class decorator).
+    Raises ``ValueError`` if the name is taken or a capability is not declared."""
+    name = getattr(backend_class, "name", None)
+    if not isinstance(name, str) or name in BACKENDS or name == "auto":
+        raise ValueError(f"a backend needs a new name, not {name!r}")
+    missing = [capability for capability in CAPABILITIES if not hasattr(backend_class, capability)]
+    if missing:
+        raise ValueError(f"backend {name!r} does not declare {', '.join(missing)}")
+    if backend_class.split_step not in SPLIT_STEP:
+        raise ValueError(f"backend {name!r}: split_step must be one of {SPLIT_STEP}, "
+                         f"not {backend_class.split_step!r}")
+    BACKENDS[name] = backend_class
+    return backend_class
 
 
-def _import_cupy():
-    try:
-        import cupy
-    except ImportError as error:
-        raise BackendUnavailableError(
-            "backend 'cupy' was requested but CuPy is not installed; install it with "
-            "pip install -e '.[gpu]' (CUDA 13) or pip install cupy-cuda12x (CUDA 12)") from error
-    return cupy
+def unregister_backend(name: str) -> None:
+    """Remove a backend added with :func:`register_backend` (and its instance)."""
+    if name in BACKEND_NAMES:
+        raise ValueError(f"{name!r} is a built-in backend")
+    del BACKENDS[name]
+    _backends.pop(name, None)
 
 
-def cupy_gpu_available() -> bool:
-    """True when CuPy imports *and* sees a usable CUDA device (``import cupy`` alone is not enough)."""
-    try:
-        import cupy
-    except ImportError:
-        return False
-    try:
-        return bool(cupy.cuda.is_available())
-    except Exception:  # a broken driver install raises CUDA runtime errors of its own
-        return False
-
-
-class Random:
-    """A random source that draws on the backend's device.
-
-    Wraps ``numpy.random.Generator`` (PCG64) on the CPU and ``cupy.random.Generator`` (XORWOW) on the
-    GPU. ``get_state``/``set_state`` give a JSON-friendly snapshot where the backend supports it.
-    """
-
-    def __init__(self, backend: "Backend", seed=None):
-        self.backend = backend
-        self.seed = seed
-        if backend.name == "cupy":
-            self._generator = backend.xp.random.default_rng(seed)
-        else:
-            self._generator = np.random.default_rng(seed)
-
-    def normal(self, shape, dtype, out=None):
-        """Standard normal draws, ``shape``, in ``dtype``, on the backend's device.
-
-        ``out``, when given, is filled in place (no allocation; NumPy and CuPy backends)."""
-        if out is not None and self.backend.name != "strict":
-            return self._generator.standard_normal(size=shape, dtype=np.dtype(dtype), out=out)
-        sample = self._generator.standard_normal(size=shape, dtype=np.dtype(dtype))
-        if out is not None:
-            out[...] = self._wrap(sample)
-            return out
-        return self._wrap(sample)
-
-    def uniform(self, shape, dtype):
-        """Uniform draws on [0, 1), ``shape``, in ``dtype``, on the backend's device."""
-        sample = self._generator.random(size=shape, dtype=np.dtype(dtype))
-        return self._wrap(sample)
-
-    def permutation(self, n: int):
-        """A random permutation of ``range(n)`` as an integer array on the backend's device."""
-        if self.backend.name == "cupy":  # cupy's Generator has no permutation(): sort random keys
-            return self.backend.xp.argsort(self._generator.random(size=n))
-        return self._wrap(self._generator.permutation(n))
-
-    def get_state(self):
-        """The generator's state as a JSON-serialisable dict (NumPy/strict backends only)."""
-        if self.backend.name == "cupy":
-            raise NotImplementedError("CuPy generators cannot export their state; reseed instead")
-        return self._generator.bit_generator.state
-
-    def set_state(self, state) -> None:
-        if self.backend.name == "cupy":
-            raise NotImplementedError("CuPy generators cannot import a state; reseed instead")
-        self._generator.bit_generator.state = state
-
-    def _wrap(self, host_array):
-        if self.backend.name == "strict":
-            return self.backend.xp.asarray(host_array)
-        return host_array
-
-
-class Backend:
-    """An array module plus the explicit host/device copies that go with it.
-
-    Attributes
-    ----------
-    name : str
-        ``"numpy"``, ``"cupy"`` or ``"strict"``.
-    xp : module
-        The array module: ``numpy``, ``cupy`` or :mod:`minivae.backend.strict`.
-    """
-
-    def __init__(self, name: str):
-        if name == "numpy":
-            self.xp = np
-        elif name == "cupy":
-            cupy = _import_cupy()
-            if not cupy_gpu_available():
-                raise BackendUnavailableError(
-                    "backend 'cupy' was requested but CuPy finds no usable CUDA GPU on this machine "
-                    "(import cupy succeeded, cupy.cuda.is_available() is False); use backend='numpy'")
-            self.xp = cupy
-        elif name == "strict":
-            from minivae.backend import strict
-            self.xp = strict
-        else:
-            raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES + ('auto',)}")
-        self.name = name
-
-    def __repr__(self):
-        return f"Backend({self.name!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, Backend) and other.name == self.name
-
-    def __hash__(self):
-        return hash(self.name)
-
-    def to_device(self, host_array, dtype=None):
-        """Copy a host (NumPy) array onto this backend's device: the one host -> device door."""
-        return self.xp.asarray(host_array, dtype=dtype)
-
-    def random(self, seed=None) -> Random:
-        """A random source that draws on this backend's device."""
-        return Random(self, seed)
-
-    def is_native(self, array) -> bool:
-        """True if ``array`` is an array of this backend's module (e.g. not a NumPy array on CuPy)."""
-        return isinstance(array, self.xp.ndarray)
-
-    def synchronize(self) -> None:
-        """Wait for queued device work to finish (no-op on the CPU). Needed for honest timings."""
-        if self.name == "cupy":
-            self.xp.cuda.get_current_stream().synchronize()
-
-
-def resolve_backend_name(name=None) -> str:
+def resolve_backend_name(name: str | Backend | None = None) -> str:
     """Turn ``None`` (the process default), ``"auto"`` or a backend name into a backend name."""
     if name is None:
         name = _default_backend_name
     if isinstance(name, Backend):
         return name.name
     if name == "auto":
-        return "cupy" if cupy_gpu_available() else "numpy"
-    if name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES + ('auto',)}")
+        return next(candidate for candidate in AUTO if BACKENDS[candidate].available())
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {tuple(BACKENDS) + ('auto',)}")
     return name
 
 
-_backends = {}
-
-
-def get_backend(name=None) -> Backend:
+def get_backend(name: str | Backend | None = None) -> Backend:
     """The :class:`Backend` called ``name`` (``None``: the process default; ``"auto"``: CuPy if a
     GPU is usable, else NumPy). Raises :class:`BackendUnavailableError` if it cannot run here."""
     if isinstance(name, Backend):
         return name
     resolved = resolve_backend_name(name)
     if resolved not in _backends:
-        _backends[resolved] = Backend(resolved)
+        _backends[resolved] = BACKENDS[resolved]()
     return _backends[resolved]
 
 
-def set_backend(name) -> Backend:
+def set_backend(name: str | Backend) -> Backend:
     """Set the process-wide default backend used by models created without ``backend=``."""
     global _default_backend_name
     backend = get_backend(name)  # fail now, not at the first model, if it cannot run
@@ -193,32 +103,36 @@ def set_backend(name) -> Backend:
     return backend
 
 
-def get_array_module(*arrays):
+def _owner(array: Any) -> type[Backend] | None:
+    """The backend class that owns ``array`` (None for a host array, or anything else)."""
+    for backend_class in BACKENDS.values():
+        if backend_class.owns(array):
+            return backend_class
+    return None
+
+
+def backend_of(array: Any) -> Backend:
+    """The backend whose arrays ``array`` is one of (NumPy for host arrays)."""
+    owner = _owner(array)
+    return get_backend(HOST if owner is None else owner.name)
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
     """The array module (``numpy``, ``cupy`` or ``minivae.backend.strict``) that ``arrays`` belong to.
 
     Like ``cupy.get_array_module``, but without importing CuPy when no CuPy array is given.
     """
     for array in arrays:
-        module = type(array).__module__.split(".")[0]
-        if module == "cupy":
-            import cupy
-            return cupy
-        if module == "minivae":
-            from minivae.backend import strict
-            if isinstance(array, strict.ndarray):
-                return strict
+        owner = _owner(array)
+        if owner is not None:
+            return owner.array_module()
     return np
 
 
-def to_numpy(array):
+def to_numpy(array: Array) -> np.ndarray:
     """Copy ``array`` to the host as a NumPy array: the one device -> host door.
 
     Use it at the edges only (logging, plotting, saving), never inside the computation.
     """
-    module = type(array).__module__.split(".")[0]
-    if module == "cupy":
-        return array.get()
-    if module == "minivae":
-        from minivae.backend import strict
-        return strict.asnumpy(array)
-    return np.asarray(array)
+    owner = _owner(array)
+    return np.asarray(array) if owner is None else owner.to_host(array)

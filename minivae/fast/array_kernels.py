@@ -258,3 +258,18 @@ class ArrayKernels:
     def bias_grad(self, dout, db):
         """db = sum over rows of dout."""
         self.xp.add.reduce(dout, axis=0, out=db)
+
+    # The optimizers' fused updates (minivae.fast.updates): none here. Each returns False ("no
+    # fused update: run the array passes"); the kernels that have one run it and return True.
+    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r) -> bool:
+        """Adam on flat vectors: s = b1 s + g, r = b2 r + g^2, p -= a s / (sqrt(r) + eps_hat)."""
+        return False
+
+    def sgd(self, g, lr, p) -> bool:
+        """SGD on flat vectors: p -= lr g."""
+        return False
+
+    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity) -> bool:
+        """SGD with momentum on flat vectors: velocity = momentum velocity + g;
+        p -= lr (g + momentum velocity if nesterov else velocity)."""
+        return False

@@ -6,10 +6,10 @@ from minivae.fast.array_kernels import LEAKY_RELU_SLOPE, ArrayKernels
 
 
 class CompiledKernels(ArrayKernels):
-    """:class:`~minivae.kernels.ArrayKernels` (NumPy) with the step's passes compiled where the
-    library is built (see the module's docstring): the same formulas as the CUDA kernels, one
-    call each. Any other case (another activation, dtype or layout, no library) runs the array
-    operations."""
+    """:class:`~minivae.fast.array_kernels.ArrayKernels` (NumPy) with the step's passes and the
+    optimizers' updates compiled where the library is built (:mod:`minivae.fast.cpu_library`):
+    the same formulas as the CUDA kernels, one call each. Any other case (another activation,
+    dtype or layout, no library) runs the array operations."""
 
     def _library(self, a):
         return cpu_library.get(a.dtype) if a.dtype.kind == "f" else None
@@ -64,6 +64,23 @@ class CompiledKernels(ArrayKernels):
         if total is None:
             return super().bernoulli(logits, x, scale, tmp, tmp2)
         return logits.dtype.type(total)
+
+    # The optimizers' updates: one compiled pass over the flat vectors where the library is built
+    # for their dtype and they are contiguous, of one dtype and length; else False (the array passes
+    # of minivae.fast.updates run instead).
+    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r) -> bool:
+        library = self._library(p)
+        return library is not None and library.launch("adam", 1, g.size, g, beta1, beta2, step_size,
+                                                      eps_hat, p, s, r)
+
+    def sgd(self, g, lr, p) -> bool:
+        library = self._library(p)
+        return library is not None and library.launch("sgd", 1, g.size, g, lr, p)
+
+    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity) -> bool:
+        library = self._library(p)
+        return library is not None and library.launch("sgd_momentum", 1, g.size, g, lr, momentum,
+                                                      nesterov, p, velocity)
 
 
 def _sample_stride(eps, other):

@@ -79,13 +79,16 @@ class CupyKernels(ArrayKernels):
     def bias_grad(self, dout, db):
         self.xp.sum(dout, axis=0, out=db)
 
-    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r):
+    def adam(self, g, beta1, beta2, step_size, eps_hat, p, s, r) -> bool:
         t = g.dtype.type
         self.kernel("adam")(g, t(beta1), t(beta2), t(step_size), t(eps_hat), p, s, r)
+        return True
 
-    def sgd(self, g, lr, p):
+    def sgd(self, g, lr, p) -> bool:
         self.kernel("sgd")(g, g.dtype.type(lr), p)
+        return True
 
-    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity):
+    def sgd_momentum(self, g, lr, momentum, nesterov, p, velocity) -> bool:
         t = g.dtype.type
         self.kernel("sgd_momentum")(g, t(lr), t(momentum), t(nesterov), p, velocity)
+        return True

@@ -26,9 +26,6 @@ from minivae.backend import to_numpy
 from minivae.ops.latent import kl_per_dimension
 from minivae.ops.numerics import logsumexp_update, logsumexp_value
 
-# rows (examples x importance samples) decoded per call: large enough to keep the BLAS or the GPU
-# busy, small enough that the (rows, 784) temporaries stay in cache / memory
-DEFAULT_BATCH_ROWS = {"cupy": 2 ** 16, "numpy": 2 ** 13, "strict": 2 ** 13}
 ACTIVE_UNIT_THRESHOLD = 1e-2   # Burda et al.: unit j is active when Var_x E_q[z_j | x] > 0.01
 
 
@@ -99,16 +96,17 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
                desc=None) -> IWAEResult:
     """IWAE_k for each row of ``x (N, D)``: a lower bound on log p(x) that tightens as k grows.
 
-    Works through ``N k`` decoder passes in calls of ``batch_rows`` rows (default: 8,192 on the
-    CPU, 65,536 on a GPU); shows a progress bar over the samples when ``progress``. The noise is
-    seeded (``seed`` or ``random``), so a result is reproducible for a given ``batch_rows``.
+    Works through ``N k`` decoder passes in calls of ``batch_rows`` rows (default: the backend's
+    ``default_batch_rows``, 8,192 on the CPU, 65,536 on a GPU); shows a progress bar over the
+    samples when ``progress``. The noise is seeded (``seed`` or ``random``), so a result is
+    reproducible for a given ``batch_rows``.
     """
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     xp, N, K = model.xp, x.shape[0], model.latent_dim
     random = _random(model, random, seed)
-    batch_rows = batch_rows or DEFAULT_BATCH_ROWS.get(model.backend.name, 2 ** 12)
+    batch_rows = batch_rows or model.backend.default_batch_rows
     examples_per_call, samples_per_call = iwae_chunks(N, k, batch_rows)
     log_px, elbo = xp.zeros(N, dtype=xp.float64), xp.zeros(N, dtype=xp.float64)
     bar = _progress_bar(progress, total=N * k, unit="sample", unit_scale=True,

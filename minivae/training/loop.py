@@ -166,8 +166,8 @@ class Trainer:
     metadata : dict, optional
         Stored in the checkpoint as is (e.g. the example's command-line configuration).
     optimizer : Optimizer, optional
-        Default ``Adam(model.params, lr=config.lr)``; its ``lr`` is set from the schedule
-        (``config.lr``, ``lr_decay``, ``lr_min``) at the start of every epoch.
+        Default ``Adam(model.params, lr=config.lr, backend=model.backend)``; its ``lr`` is set
+        from the schedule (``config.lr``, ``lr_decay``, ``lr_min``) at the start of every epoch.
     """
 
     def __init__(self, model, x_train, config=None, x_valid=None, checkpoint_path=None,
@@ -176,7 +176,8 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         self.x_train = model.check_x(self._on_device(x_train), name="x_train")
         self.x_valid = None if x_valid is None else model.check_x(self._on_device(x_valid), name="x_valid")
-        self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
+        self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr,
+                                                                      backend=model.backend)
         self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
                               threads=self.config.threads)
         self.checkpoint_path = checkpoint_path
@@ -402,7 +403,7 @@ class Trainer:
         noise_state = None
         if self.step_in_epoch:
             arrays.update({f"sums.{name}": to_numpy(value) for name, value in self._sums.items()})
-            if self.backend.name != "cupy":
+            if self.backend.can_export_rng_state:
                 noise_state = self.model.random.get_state()
         meta = {"model": self.model.config, "train": self.config.as_dict(),
                 "optimizer": {"type": type(self.optimizer).__name__, **optimizer_meta},
@@ -465,10 +466,10 @@ class Trainer:
     def _restore_noise(self, noise_state):
         """Put ``model.random`` where it was after ``step_in_epoch`` steps of the current epoch."""
         self.model.random = self.backend.random(derive_seed(self.config.seed, self.epoch, "noise"))
-        if noise_state is not None and self.backend.name != "cupy":
+        if noise_state is not None and self.backend.can_export_rng_state:
             self.model.random.set_state(noise_state)
             return
-        # no exported state (CuPy): replay the draws TrainStep made, same shapes, same order
+        # no exported state (CuPy's generators): replay the draws TrainStep made, same shapes, same order
         N, B = self.x_train.shape[0], self.config.batch_size
         for i in range(self.step_in_epoch):
             self.model.draw_eps(min(B, N - i * B), self.config.n_samples)

@@ -70,8 +70,8 @@ class TrainStep:
         self.fused = self.reason is None
         self.path = "fused" if self.fused else "reference"
         self._engine = FusedStep(model, self.grads) if self.fused else None
-        # two threads: NumPy only (CuPy is one device; the strict stand-in may, for the tests)
-        self.threads = threads if model.backend.name in ("numpy", "strict") and self.fused else 1
+        # two threads where the backend's split_step allows (not CuPy: one device)
+        self.threads = threads if model.backend.split_step != "never" and self.fused else 1
         self._pair = None
 
     def __call__(self, x: Array, beta: float = 1.0, eps: Array | None = None) -> LossTerms:
@@ -103,7 +103,7 @@ class TrainStep:
 
     def _use_two_threads(self, N):
         if self.threads == "auto":
-            return (self.model.backend.name == "numpy" and N >= 2
+            return (self.model.backend.split_step == "auto" and N >= 2
                     and N * self.model.params.flat.size >= PARALLEL_MIN_WORK)
         return self.threads == 2 and N >= 2
 

@@ -1,10 +1,32 @@
-"""Backends: selection, the lazy and optional CuPy, and the strict stand-in that catches the
-implicit host/device conversions and mixing that would break on a GPU."""
+"""Backends: selection, the lazy and optional CuPy, the strict stand-in that catches the
+implicit host/device conversions and mixing that would break on a GPU, and the capabilities each
+backend declares (a backend added outside the package trains; no code outside minivae/backend/
+looks at a backend's name)."""
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import minivae
-from minivae.backend import BackendUnavailableError, cupy_gpu_available, get_array_module, resolve_backend_name, strict
+from minivae.backend import (
+    BACKEND_NAMES,
+    BACKENDS,
+    CAPABILITIES,
+    BackendUnavailableError,
+    cupy_gpu_available,
+    get_array_module,
+    register_backend,
+    resolve_backend_name,
+    strict,
+    unregister_backend,
+)
+from minivae.backend.numpy_backend import NumpyBackend
+from minivae.fast import cpu_library
+from minivae.fast.array_kernels import ArrayKernels
+from minivae.fast.cpu_kernels import CompiledKernels
+from minivae.fast.cuda_kernels import CupyKernels
+from minivae.fast.dispatch import get_kernels
 
 
 def test_auto_picks_cupy_only_with_a_gpu():
@@ -106,3 +128,147 @@ def test_to_numpy_is_the_explicit_host_copy(backend):
     device = backend.to_device(np.arange(3.0))
     host = minivae.to_numpy(device)
     assert type(host) is np.ndarray and host.tolist() == [0.0, 1.0, 2.0]
+
+
+# --- capabilities instead of names ----------------------------------------------------------------
+
+CAPABILITY_VALUES = {
+    "numpy": dict(can_export_rng_state=True, draws_into_out=True, default_batch_rows=2 ** 13,
+                  kernel_family="compiled-cpu", split_step="auto"),
+    "cupy": dict(can_export_rng_state=False, draws_into_out=True, default_batch_rows=2 ** 16,
+                 kernel_family="cuda", split_step="never"),
+    "strict": dict(can_export_rng_state=True, draws_into_out=False, default_batch_rows=2 ** 13,
+                   kernel_family="array", split_step="on request"),
+}
+KERNEL_CLASSES = {"compiled-cpu": CompiledKernels, "cuda": CupyKernels, "array": ArrayKernels}
+
+
+@pytest.mark.parametrize("name", BACKEND_NAMES)
+def test_each_builtin_backend_declares_its_capabilities(name):
+    """On the classes, so that CuPy's are checked without a GPU."""
+    backend_class = BACKENDS[name]
+    assert backend_class.name == name
+    assert {capability: getattr(backend_class, capability) for capability in CAPABILITIES} == \
+        CAPABILITY_VALUES[name]
+
+
+def test_the_capabilities_are_what_the_library_does(backend):
+    """Kernels, the rng state export, the thread split and the evaluation batch follow the
+    declarations (on the backends this machine runs)."""
+    assert type(get_kernels(backend)) is KERNEL_CLASSES[backend.kernel_family]
+    model = minivae.VAE(4, [3], 2, seed=0, backend=backend)
+    optimizer = minivae.Adam(model.params)
+    assert optimizer.backend == backend
+    assert type(optimizer._flat_update.kernels) is KERNEL_CLASSES[backend.kernel_family]
+    random = backend.random(0)
+    if backend.can_export_rng_state:
+        random.set_state(random.get_state())
+    else:
+        with pytest.raises(NotImplementedError):
+            random.get_state()
+    threads = minivae.TrainStep(model, optimizer, threads=2).threads
+    assert threads == (1 if backend.split_step == "never" else 2)
+
+
+class ToyBackend(NumpyBackend):
+    """A backend that exists in this file only: NumPy arrays, the array kernels (no compiled
+    passes), and generators that cannot export their state."""
+
+    name = "toy"
+    kernel_family = "array"
+    can_export_rng_state = False
+
+
+@pytest.fixture
+def toy():
+    register_backend(ToyBackend)
+    try:
+        yield minivae.get_backend("toy")
+    finally:
+        unregister_backend("toy")
+    with pytest.raises(ValueError, match="unknown backend 'toy'"):
+        minivae.get_backend("toy")
+
+
+def train_a_little(backend, steps=4):
+    """Losses and parameters (float64) after a few TrainStep + Adam steps on ``backend``."""
+    model = minivae.VAE(12, [8], 3, dtype="float64", seed=0, backend=backend)
+    step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-2, backend=model.backend))
+    x = model.backend.to_device(np.random.default_rng(1).uniform(size=(16, 12)))
+    losses = [float(step(x).loss) for _ in range(steps)]
+    return np.array(losses), minivae.to_numpy(model.params.flat).copy()
+
+
+def test_a_backend_added_outside_the_package_trains_like_the_array_kernels(toy, monkeypatch):
+    """The toy backend runs the fast step and the optimizer with the array kernels: the same losses
+    and parameters as the strict stand-in (the array kernels too), and the compiled CPU library
+    (MINIVAE_HOST_KERNELS) is never asked for."""
+    assert type(get_kernels(toy)) is ArrayKernels
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_library, "get", lambda dtype: pytest.fail("the toy backend asked for compiled kernels"))
+        toy_losses, toy_params = train_a_little("toy")
+    strict_losses, strict_params = train_a_little("strict")
+    np.testing.assert_allclose(toy_losses, strict_losses, rtol=1e-13)
+    np.testing.assert_allclose(toy_params, strict_params, rtol=1e-13, atol=1e-15)
+    assert toy_losses[-1] < toy_losses[0]
+
+
+def test_a_backend_without_rng_state_resumes_by_replaying_the_noise(toy, tmp_path):
+    """Mid-epoch checkpoints of a backend that cannot export its generator state hold none; the
+    resumed run replays the epoch's draws and ends where an uninterrupted run ends."""
+    from minivae.training.loop import TrainConfig, Trainer
+
+    def trainer(path=None):
+        x = np.random.default_rng(0).uniform(size=(60, 10)).astype(np.float32)
+        config = TrainConfig(epochs=2, batch_size=20, lr=1e-2, seed=3, log_every=2, eval_batch_size=20)
+        return Trainer(minivae.VAE(10, [6], 2, backend="toy", seed=1), x, config, checkpoint_path=path,
+                       progress=False, log=None)
+    straight = trainer()
+    straight.fit()
+    path = tmp_path / "run.npz"
+    first = trainer(path)
+    first.fit(time_limit=0.0)                  # stops after the first log interval, mid-epoch
+    _, meta = minivae.load_checkpoint(path)
+    assert meta["progress"]["step_in_epoch"] == 2 and meta["rng"]["noise_state"] is None
+    resumed = trainer(path).restore(path)
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.model.flat_params, straight.model.flat_params)
+
+
+def test_registering_checks_the_declaration():
+    class Unnamed(NumpyBackend):
+        name = "numpy"
+    with pytest.raises(ValueError, match="new name"):
+        register_backend(Unnamed)
+
+    class Undeclared(minivae.Backend):
+        name = "undeclared"
+        can_export_rng_state = True
+    with pytest.raises(ValueError, match="does not declare draws_into_out"):
+        register_backend(Undeclared)
+
+    class Misdeclared(NumpyBackend):
+        name = "misdeclared"
+        split_step = "sometimes"
+    with pytest.raises(ValueError, match="split_step"):
+        register_backend(Misdeclared)
+    assert "misdeclared" not in BACKENDS
+
+
+NAME_COMPARISON = re.compile(r"backend\.name\s*(==|!=|in\b)|\.name\s*(==|!=)\s*[\"'](numpy|cupy|strict)[\"']")
+
+
+def test_no_code_outside_the_backends_compares_a_backend_name():
+    """What differs between backends is asked of their capabilities: only minivae/backend/ may
+    look at a backend's name (examples/ neither)."""
+    assert NAME_COMPARISON.search('if self.backend.name != "cupy":')        # what it catches
+    assert NAME_COMPARISON.search('threads if model.backend.name in ("numpy", "strict")')
+    assert NAME_COMPARISON.search('module.name == "strict"')
+    package = Path(minivae.__file__).parent
+    sources = [path for path in package.rglob("*.py") if package / "backend" not in path.parents]
+    sources += list((package.parent / "examples").rglob("*.py"))
+    assert len(sources) > 20
+    offenders = [f"{path}:{number}: {line.strip()}" for path in sources
+                 for number, line in enumerate(path.read_text().splitlines(), start=1)
+                 if NAME_COMPARISON.search(line)]
+    assert offenders == []

@@ -370,7 +370,7 @@ def test_cuda_optimizer_kernels_match_the_array_update(host_library, dtype, make
         g = Parameters(rng.standard_normal(50).astype(dtype), {"w": (50,)})
         opt_a.step(g)                                   # array (chunked) update
         opt_b.step_count += 1
-        opt_b._kernel_update(kernels, b.flat, g.flat, opt_b.state, opt_b._step_scalars())
+        assert opt_b.flat_update(kernels).fused(b.flat, g.flat, opt_b.state, opt_b._step_scalars())
     tol = 1e-12 if dtype == "float64" else 1e-5
     close(a.flat, b.flat, rtol=tol, atol=tol)
     for name in opt_a.state:
