@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-Array = Any   # an array of some backend: numpy.ndarray, cupy.ndarray, strict.ndarray
+from minivae._types import Array
+
 SPLIT_STEP = ("auto", "on request", "never")   # the values of Backend.split_step
 
 
