@@ -143,6 +143,7 @@ class VAE:
                                        self.likelihood_op.parameter_shapes(self.input_dim))
         self.params = Parameters(self.backend.to_device(self._initial_values(seed), dtype=self.dtype),
                                  self.shapes)
+        self.params.backend = self.backend   # the optimizers' kernels follow it
         self.random = self.backend.random(None if seed is None else seed + 1)
 
     @staticmethod

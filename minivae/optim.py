@@ -28,7 +28,7 @@ class Optimizer:
     """Shared bookkeeping: the parameters, flat state vectors, and state save/restore.
 
     ``backend`` runs the flat update (its kernels: :func:`minivae.fast.dispatch.get_kernels`);
-    default: the backend of the parameters' arrays (NumPy for host arrays).
+    default: ``params.backend`` for a model's parameters, else the backend of the arrays.
     """
 
     state_names = ()
@@ -42,7 +42,9 @@ class Optimizer:
         self.lr = float(lr)
         self.step_count = 0
         first = next(iter(params.values()))
-        self.backend = backend_of(first) if backend is None else get_backend(backend)
+        if backend is None:   # a model's parameters say their backend; other arrays by their type
+            backend = getattr(params, "backend", None) or backend_of(first)
+        self.backend = get_backend(backend)
         xp = get_array_module(first)
         total = sum(p.size for p in params.values())
         self.state = {name: xp.zeros(total, dtype=first.dtype) for name in self.state_names}

@@ -166,7 +166,7 @@ class Trainer:
     metadata : dict, optional
         Stored in the checkpoint as is (e.g. the example's command-line configuration).
     optimizer : Optimizer, optional
-        Default ``Adam(model.params, lr=config.lr, backend=model.backend)``; its ``lr`` is set
+        Default ``Adam(model.params, lr=config.lr)``; its ``lr`` is set
         from the schedule (``config.lr``, ``lr_decay``, ``lr_min``) at the start of every epoch.
     """
 
@@ -176,8 +176,7 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         self.x_train = model.check_x(self._on_device(x_train), name="x_train")
         self.x_valid = None if x_valid is None else model.check_x(self._on_device(x_valid), name="x_valid")
-        self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr,
-                                                                      backend=model.backend)
+        self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
         self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
                               threads=self.config.threads)
         self.checkpoint_path = checkpoint_path

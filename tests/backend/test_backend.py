@@ -193,7 +193,7 @@ def toy():
 def train_a_little(backend, steps=4):
     """Losses and parameters (float64) after a few TrainStep + Adam steps on ``backend``."""
     model = minivae.VAE(12, [8], 3, dtype="float64", seed=0, backend=backend)
-    step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-2, backend=model.backend))
+    step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-2))
     x = model.backend.to_device(np.random.default_rng(1).uniform(size=(16, 12)))
     losses = [float(step(x).loss) for _ in range(steps)]
     return np.array(losses), minivae.to_numpy(model.params.flat).copy()
