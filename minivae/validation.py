@@ -1,7 +1,15 @@
 """Input checks: bad input gets an error that names the problem, before any arithmetic happens."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from minivae.model import VAE
+
+Array = Any  # a numpy.ndarray or a cupy.ndarray: whatever the model's backend holds
 
 DTYPES = ("float32", "float64")
 
@@ -10,7 +18,7 @@ class InputError(ValueError):
     """Raised for data of the wrong shape, dtype, device or values."""
 
 
-def resolve_dtype(dtype):
+def resolve_dtype(dtype: npt.DTypeLike) -> np.dtype:
     """``"float32"``/``"float64"`` (or the NumPy dtypes) -> ``numpy.dtype``; anything else is refused."""
     try:
         resolved = np.dtype(dtype)
@@ -25,7 +33,7 @@ def _describe(array):
     return f"{type(array).__module__.split('.')[0]}.{type(array).__name__}"
 
 
-def check_array(array, model, name):
+def check_array(array: object, model: VAE, name: str) -> None:
     """The array must belong to the model's backend and have the model's dtype."""
     backend = model.backend
     if not backend.is_native(array):
@@ -38,7 +46,7 @@ def check_array(array, model, name):
                          f"cast it with {name}.astype('{model.dtype}') (no silent promotion)")
 
 
-def check_layout(x, model, dim=None, name="x"):
+def check_layout(x: Array, model: VAE, dim: int | None = None, name: str = "x") -> None:
     """The free checks (no pass over the values): backend, dtype, and shape (N >= 1, dim)."""
     dim = model.input_dim if dim is None else dim
     check_array(x, model, name)
@@ -48,7 +56,7 @@ def check_layout(x, model, dim=None, name="x"):
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
 
 
-def check_data(x, model, dim=None, name="x", unit_interval=False):
+def check_data(x: Array, model: VAE, dim: int | None = None, name: str = "x", unit_interval: bool = False) -> Array:
     """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and [0, 1] if asked.
 
     Costs two reductions (min and max): NaN propagates through both, so one comparison
@@ -69,7 +77,7 @@ def check_data(x, model, dim=None, name="x", unit_interval=False):
                      "uint8 images by 255) or use likelihood='gaussian'")
 
 
-def check_eps(eps, model, batch_size):
+def check_eps(eps: Array, model: VAE, batch_size: int) -> Array:
     """``eps`` must be (L, N, K) or (N, K) on the model's backend; returns the (L, N, K) view."""
     check_array(eps, model, "eps")
     K = model.latent_dim
