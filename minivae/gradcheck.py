@@ -20,11 +20,19 @@ near zero do not inflate it. For directions it is |<g, d> - n_d| / max(|<g, d>|,
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
+from minivae._types import Array
 from minivae.backend import get_array_module, to_numpy
+
+if TYPE_CHECKING:
+    from minivae.model import VAE
+
 
 TINY = 1e-300
 
@@ -33,7 +41,7 @@ class Float32GradcheckError(ValueError):
     """Finite differences in float32 are too coarse to prove anything; use float64."""
 
 
-def relative_error(analytic, numeric) -> float:
+def relative_error(analytic: npt.ArrayLike, numeric: npt.ArrayLike) -> float:
     """max |a - n| / max(max |a|, max |n|) for host arrays (0 when both are exactly zero)."""
     analytic, numeric = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
     scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
@@ -59,7 +67,7 @@ STENCILS = {2: ((-1, -0.5), (1, 0.5)),
             4: ((-2, 1.0 / 12.0), (-1, -8.0 / 12.0), (1, 8.0 / 12.0), (2, -1.0 / 12.0))}
 
 
-def central_difference(f_at, h, order=4):
+def central_difference(f_at: Callable[[float], float], h: float, order: int = 4) -> float:
     """The derivative at t = 0 of the scalar function ``f_at(t)`` by a central stencil."""
     return _central_difference(f_at, h, order)[0]
 
@@ -76,7 +84,8 @@ def _central_difference(f_at, h, order):
     return estimate, rounding
 
 
-def stable_difference(f_at, h, order=4, steps=5, agreement=1e-6, unit_roundoff=2.2e-16):
+def stable_difference(f_at: Callable[[float], float], h: float, order: int = 4, steps: int = 5,
+                      agreement: float = 1e-6, unit_roundoff: float = 2.2e-16) -> float:
     """A central difference whose step is chosen by self-consistency, robust to kinks.
 
     A ReLU kink within the stencil's reach (2h) ruins a finite difference, and a tiny step drowns
@@ -101,7 +110,8 @@ def stable_difference(f_at, h, order=4, steps=5, agreement=1e-6, unit_roundoff=2
     return values[int(np.argmin(gaps))]
 
 
-def numeric_gradient(f, x, dout=None, h=1e-4, order=4, steps=1, allow_float32=False):
+def numeric_gradient(f: Callable[[Array], Array | float], x: Array, dout: Array | None = None, h: float = 1e-4,
+                     order: int = 4, steps: int = 1, allow_float32: bool = False) -> np.ndarray:
     """The numeric gradient of  sum(f(x) * dout)  with respect to ``x``, element by element.
 
     ``f`` maps an array to an array (or a scalar); ``x`` is perturbed in place and restored.
@@ -142,26 +152,26 @@ class ParameterCheck:
 @dataclass
 class GradcheckReport:
     """Relative errors per parameter. ``report[name]`` is the error; ``report.max_error`` the worst."""
-    checks: dict = field(default_factory=dict)
+    checks: dict[str, ParameterCheck] = field(default_factory=dict)
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> float:
         return self.checks[name].relative_error
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.checks)
 
     @property
-    def errors(self) -> dict:
+    def errors(self) -> dict[str, float]:
         return {name: check.relative_error for name, check in self.checks.items()}
 
     @property
     def max_error(self) -> float:
         return max(self.errors.values())
 
-    def passed(self, tolerance=1e-7) -> bool:
+    def passed(self, tolerance: float = 1e-7) -> bool:
         return self.max_error < tolerance
 
-    def __str__(self):
+    def __str__(self) -> str:
         width = max(len(name) for name in self.checks)
         lines = [f"{'parameter':<{width}}  relative error  method"]
         for check in self.checks.values():
@@ -170,8 +180,9 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def gradcheck(loss_fn, params, grads, h=1e-4, order=4, steps=5, max_elements=256, n_directions=6,
-              seed=0, allow_float32=False) -> GradcheckReport:
+def gradcheck(loss_fn: Callable[[], float], params: Mapping[str, Array], grads: Mapping[str, Array],
+              h: float = 1e-4, order: int = 4, steps: int = 5, max_elements: int = 256, n_directions: int = 6,
+              seed: int = 0, allow_float32: bool = False) -> GradcheckReport:
     """Compare analytic gradients with central differences of a scalar loss.
 
     Parameters
@@ -220,7 +231,8 @@ def _direction_error(loss_fn, p, g, rng, h, order, steps):
     return relative_error([analytic], [numeric])
 
 
-def check_model_gradients(model, x, eps=None, n_samples=1, beta=1.0, **options) -> GradcheckReport:
+def check_model_gradients(model: VAE, x: Array, eps: Array | None = None, n_samples: int = 1, beta: float = 1.0,
+                          **options: Any) -> GradcheckReport:
     """Gradient-check a whole :class:`minivae.VAE` on a batch ``x`` with the noise held fixed.
 
     ``eps`` (L, N, K) is drawn once if not given, so the loss is a deterministic function of the

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+
+from minivae._types import Array
 
 
 class Parameters(dict):
@@ -12,7 +15,7 @@ class Parameters(dict):
     vector operation.
     """
 
-    def __init__(self, flat, shapes):
+    def __init__(self, flat: Array, shapes: Mapping[str, tuple[int, ...]]) -> None:
         views, offset = {}, 0
         for name, shape in shapes.items():
             size = math.prod(shape)
@@ -24,7 +27,7 @@ class Parameters(dict):
         self.flat = flat
         self.shapes = dict(shapes)
 
-    def range(self, prefix):
+    def range(self, prefix: str) -> tuple[int, int]:
         """(lo, hi): the entries of ``flat`` that hold the parameters named ``{prefix}.*`` (they
         must be consecutive, as a network's parameters are)."""
         spans, offset = [], 0
@@ -40,6 +43,6 @@ class Parameters(dict):
         return spans[0][0], spans[-1][1]
 
 
-def flat_views(vector, like):
+def flat_views(vector: Array, like: Mapping[str, Array]) -> Parameters:
     """Views into ``vector`` with the names and shapes of the arrays in ``like`` (a dict)."""
     return Parameters(vector, {name: tuple(array.shape) for name, array in like.items()})

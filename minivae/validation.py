@@ -1,7 +1,16 @@
 """Input checks: bad input gets an error that names the problem, before any arithmetic happens."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
+
+from minivae._types import Array
+
+if TYPE_CHECKING:
+    from minivae.model import VAE
+
 
 DTYPES = ("float32", "float64")
 
@@ -10,7 +19,7 @@ class InputError(ValueError):
     """Raised for data of the wrong shape, dtype, device or values."""
 
 
-def resolve_dtype(dtype):
+def resolve_dtype(dtype: npt.DTypeLike) -> np.dtype:
     """``"float32"``/``"float64"`` (or the NumPy dtypes) -> ``numpy.dtype``; anything else is refused."""
     try:
         resolved = np.dtype(dtype)
@@ -25,7 +34,7 @@ def _describe(array):
     return f"{type(array).__module__.split('.')[0]}.{type(array).__name__}"
 
 
-def check_array(array, model, name):
+def check_array(array: object, model: VAE, name: str) -> None:
     """The array must belong to the model's backend and have the model's dtype."""
     backend = model.backend
     if not backend.is_native(array):
@@ -38,7 +47,7 @@ def check_array(array, model, name):
                          f"cast it with {name}.astype('{model.dtype}') (no silent promotion)")
 
 
-def check_layout(x, model, dim=None, name="x"):
+def check_layout(x: Array, model: VAE, dim: int | None = None, name: str = "x") -> None:
     """The free checks (no pass over the values): backend, dtype, and shape (N >= 1, dim)."""
     dim = model.input_dim if dim is None else dim
     check_array(x, model, name)
@@ -48,7 +57,8 @@ def check_layout(x, model, dim=None, name="x"):
         raise InputError(f"{name} is empty (shape {tuple(x.shape)})")
 
 
-def check_data(x, model, dim=None, name="x", unit_interval=False, value_range=None, range_hint=""):
+def check_data(x: Array, model: VAE, dim: int | None = None, name: str = "x", unit_interval: bool = False,
+               value_range: tuple[float, float] | None = None, range_hint: str = "") -> Array:
     """Check a batch ``x (N, dim)``: backend, dtype, shape, finite values, and inside
     ``value_range`` = (low, high) if given (``unit_interval=True``: [0, 1]).
 
@@ -72,7 +82,7 @@ def check_data(x, model, dim=None, name="x", unit_interval=False, value_range=No
                      + (f"; {range_hint}" if range_hint else ""))
 
 
-def check_eps(eps, model, batch_size):
+def check_eps(eps: Array, model: VAE, batch_size: int) -> Array:
     """``eps`` must be (L, N, K) or (N, K) on the model's backend; returns the (L, N, K) view."""
     check_array(eps, model, "eps")
     K = model.latent_dim

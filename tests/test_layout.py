@@ -22,8 +22,15 @@ def module_name(path):
 def imports_of(path, modules):
     """The minivae modules that ``path`` imports, at the top or inside a function (a lazy import
     that closes a circle is still a circle: the two modules cannot be understood apart)."""
+    tree = ast.parse(path.read_text())
+    hints_only = set()      # ``if TYPE_CHECKING:`` imports exist for type hints, never at run time
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            hints_only.update(id(child) for stmt in node.body for child in ast.walk(stmt))
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in hints_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

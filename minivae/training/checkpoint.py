@@ -13,10 +13,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from minivae.backend import Backend
+    from minivae.model import VAE
 
 META_KEY = "__meta__"
 FORMAT = "minivae.training.checkpoint"
@@ -28,7 +34,7 @@ class CheckpointError(ValueError):
 
 
 @contextmanager
-def atomic_open(path, mode="wb"):
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on a clean exit flush it to disk and
     rename it to ``path`` (``os.replace``, atomic); on an exception delete it. Readers of ``path``
     see the old file or the complete new one, never a partial one. The temporary name,
@@ -46,7 +52,7 @@ def atomic_open(path, mode="wb"):
             temporary.unlink()
 
 
-def save_checkpoint(path, arrays: dict, meta: dict) -> Path:
+def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
     """Write ``arrays`` (name -> host NumPy array) and ``meta`` (JSON-serialisable) to ``path``
     atomically. Returns the path."""
     path = Path(path)
@@ -66,7 +72,7 @@ def save_checkpoint(path, arrays: dict, meta: dict) -> Path:
     return path
 
 
-def load_checkpoint(path) -> tuple:
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint: ``(arrays, meta)``, arrays as host NumPy arrays, with
     ``allow_pickle=False``. Raises :class:`CheckpointError` with the reason if it cannot."""
     path = Path(path)
@@ -86,7 +92,7 @@ def load_checkpoint(path) -> tuple:
     return arrays, meta
 
 
-def load_model(path, backend=None):
+def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> VAE:
     """Rebuild the :class:`minivae.VAE` stored in a checkpoint (architecture and parameters)."""
     from minivae.model import VAE
     arrays, meta = load_checkpoint(path)

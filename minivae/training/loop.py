@@ -24,19 +24,28 @@ nothing is saved after the last good checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from minivae._types import Array
 from minivae.backend import to_numpy
 from minivae.optim import Adam
 from minivae.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivae.training.data import binarize_dynamic
 from minivae.training.evaluate import heldout_elbo, latent_statistics
 from minivae.training.step import TrainStep
+
+if TYPE_CHECKING:
+    from minivae.model import VAE
+    from minivae.optim import Optimizer
+
 
 STREAMS = {"data": 0, "noise": 1, "eval": 2, "final": 3, "pictures": 4}
 # fields of TrainConfig that do not change the trajectory of the parameters; a resumed run may differ
@@ -53,10 +62,10 @@ class InterruptRequest:
     that the checkpoint it then writes is a consistent state; a second Ctrl-C interrupts at once.
     Only in the main thread (Python delivers signals there); elsewhere it does nothing."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested, self._previous = False, None
 
-    def __enter__(self):
+    def __enter__(self) -> InterruptRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -66,7 +75,7 @@ class InterruptRequest:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> bool:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
@@ -97,7 +106,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     threads: object = "auto"     # threads of a training step on NumPy: "auto", 1 or 2 (TrainStep)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_samples", "seed", "log_every", "eval_every",
                      "eval_batch_size"):
             value = getattr(self, name)
@@ -123,12 +132,12 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def layer_groups(shapes) -> dict:
+def layer_groups(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[str]]:
     """Parameter names grouped by layer: ``{"encoder.0": ["encoder.0.W", "encoder.0.b"], ...}``."""
     groups = {}
     for name in shapes:
@@ -170,8 +179,10 @@ class Trainer:
         from the schedule (``config.lr``, ``lr_decay``, ``lr_min``) at the start of every epoch.
     """
 
-    def __init__(self, model, x_train, config=None, x_valid=None, checkpoint_path=None,
-                 progress=True, log=print, metadata=None, optimizer=None):
+    def __init__(self, model: VAE, x_train: Array, config: TrainConfig | None = None, x_valid: Array | None = None,
+                 checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
+                 log: Callable[[str], object] | None = print, metadata: Mapping[str, Any] | None = None,
+                 optimizer: Optimizer | None = None) -> None:
         self.model, self.backend = model, model.backend
         self.config = config if config is not None else TrainConfig()
         self.x_train = model.check_x(self._on_device(x_train), name="x_train")
@@ -212,7 +223,7 @@ class Trainer:
         return c.beta * min(1.0, step / (c.warmup_epochs * self.steps_per_epoch))
 
     # --- the loop -----------------------------------------------------------------------------------
-    def fit(self, epochs=None, time_limit=None) -> dict:
+    def fit(self, epochs: int | None = None, time_limit: float | None = None) -> dict:
         """Train until ``epochs`` (default ``config.epochs``) epochs are complete, or until
         ``time_limit`` seconds of this call have passed (then stop cleanly: at an epoch boundary if
         the next epoch would not fit, else at a log interval, with a checkpoint). Returns the history.
@@ -365,7 +376,7 @@ class Trainer:
         if self.log is not None:
             self._write(self.summary_line(epochs))
 
-    def summary_line(self, epochs) -> str:
+    def summary_line(self, epochs: int) -> str:
         """One line about the last completed epoch."""
         h = self.history
         line = (f"epoch {h['epoch'][-1]}/{epochs}  train -ELBO {h['train_neg_elbo'][-1]:.2f} "
@@ -392,7 +403,7 @@ class Trainer:
             self.log(line)
 
     # --- checkpoints --------------------------------------------------------------------------------
-    def state(self) -> tuple:
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The exact training state as ``(arrays, meta)`` for :func:`minivae.checkpoint.save_checkpoint`."""
         arrays = {"params": to_numpy(self.model.flat_params)}
         optimizer_state = self.optimizer.state_dict()
@@ -414,7 +425,7 @@ class Trainer:
                 "history": self.history, "metadata": self.metadata}
         return arrays, meta
 
-    def save(self, path=None, quiet_if_bad=False):
+    def save(self, path: str | os.PathLike | None = None, quiet_if_bad: bool = False) -> str | os.PathLike | None:
         """Write a checkpoint (to ``checkpoint_path`` by default), if the state is finite."""
         path = path or self.checkpoint_path
         if path is None:
@@ -428,7 +439,7 @@ class Trainer:
         self.last_saved = (self.epoch, self.step_in_epoch)
         return path
 
-    def restore(self, path) -> "Trainer":
+    def restore(self, path: str | os.PathLike) -> Trainer:
         """Load a checkpoint written by :meth:`save` into this trainer, whose model and config must
         match it (the config may differ in ``epochs``, ``log_every`` and the evaluation settings)."""
         arrays, meta = load_checkpoint(path)
@@ -474,6 +485,7 @@ class Trainer:
             self.model.draw_eps(min(B, N - i * B), self.config.n_samples)
 
 
-def train(model, x_train, config=None, x_valid=None, **kwargs) -> dict:
+def train(model: VAE, x_train: Array, config: TrainConfig | None = None, x_valid: Array | None = None,
+          **kwargs: Any) -> dict:
     """Train ``model`` with a :class:`Trainer` and return the history (see :class:`Trainer`)."""
     return Trainer(model, x_train, config, x_valid, **kwargs).fit()

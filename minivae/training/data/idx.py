@@ -8,11 +8,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 
 class DataError(Exception):
@@ -36,7 +38,7 @@ IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_bytes(path) -> bytes:
+def read_bytes(path: str | os.PathLike) -> bytes:
     """The content of ``path``, decompressed if it is gzip (recognised by its magic bytes)."""
     path = Path(path)
     data = path.read_bytes()
@@ -49,7 +51,7 @@ def read_bytes(path) -> bytes:
                        "fresh copy") from error
 
 
-def parse_idx(data: bytes, source="<bytes>") -> np.ndarray:
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode IDX bytes into an array of the stored dtype and shape.
 
     Layout: magic ``00 00 <type> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the values,
@@ -78,7 +80,7 @@ def parse_idx(data: bytes, source="<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
-def read_idx(path, md5=None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, md5: str | None = None) -> np.ndarray:
     """Read an IDX file (raw or gzip). With ``md5``, the decompressed content must match it."""
     data = read_bytes(path)
     if md5 is not None:
@@ -89,7 +91,7 @@ def read_idx(path, md5=None) -> np.ndarray:
     return parse_idx(data, source=str(path))
 
 
-def write_idx(path, array, compress=None) -> Path:
+def write_idx(path: str | os.PathLike, array: npt.ArrayLike, compress: bool | None = None) -> Path:
     """Write ``array`` as IDX (gzip when ``compress`` or the name ends in .gz). For tests and tools."""
     path = Path(path)
     array = np.asarray(array)

@@ -20,23 +20,32 @@ Preprocessing (:func:`preprocess`; the images become float32 rows of 784 values 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
+
+from minivae._types import Array
+
+if TYPE_CHECKING:
+    from minivae.backend import Random
+
 
 PREPROCESSING = ("none", "fixed", "dynamic")
 
 
-def to_unit_interval(images, dtype="float32") -> np.ndarray:
+def to_unit_interval(images: npt.ArrayLike, dtype: npt.DTypeLike = "float32") -> np.ndarray:
     """uint8 images (N, H, W) -> host rows (N, H W) of intensities ``pixel / 255`` in [0, 1]."""
     images = np.asarray(images)
     return images.reshape(len(images), -1).astype(dtype) / 255.0
 
 
-def binarize_fixed(x, threshold=0.5):
+def binarize_fixed(x: Array, threshold: float = 0.5) -> Array:
     """``1[x > threshold]`` in ``x``'s dtype, on ``x``'s device. (N, D) -> (N, D)."""
     return (x > threshold).astype(x.dtype)
 
 
-def binarize_dynamic(x, random):
+def binarize_dynamic(x: Array, random: Random) -> Array:
     """One Bernoulli draw per pixel, ``x_bin ~ Bernoulli(x)``: ``1[u < x]``, ``u ~ U[0, 1)``.
 
     ``random`` is a :class:`minivae.backend.Random` on ``x``'s device. (N, D) -> (N, D).
@@ -44,7 +53,8 @@ def binarize_dynamic(x, random):
     return (random.uniform(x.shape, x.dtype) < x).astype(x.dtype)
 
 
-def preprocess(images, binarize="none", threshold=0.5, dtype="float32") -> np.ndarray:
+def preprocess(images: npt.ArrayLike, binarize: str = "none", threshold: float = 0.5,
+               dtype: npt.DTypeLike = "float32") -> np.ndarray:
     """uint8 images -> host float rows in [0, 1] for ``binarize`` = ``"none"`` or ``"fixed"``.
 
     ``"dynamic"`` returns the intensities unchanged: the binarization is drawn later, on the

@@ -25,6 +25,7 @@ import os
 import sys
 import urllib.request
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class DataNotFoundError(DataError, FileNotFoundError):
 class DataFile:
     """One file of a data set: its name (without .gz), the array it holds, and its checksums."""
     name: str
-    shape: tuple
+    shape: tuple[int, ...]
     gz_md5: str                 # md5 of the official .gz download (verifies downloads)
     md5: str | None = None      # md5 of the decompressed content (verifies local files); None: unknown
 
@@ -58,11 +59,11 @@ class DataFile:
 class DatasetSpec:
     """A data set of four IDX files: ``files`` maps ``"train-images"`` etc. to :class:`DataFile`."""
     name: str
-    files: dict
-    mirrors: tuple
-    system_dirs: tuple = ()
+    files: dict[str, DataFile]
+    mirrors: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
     credit: str = ""
-    classes: tuple = field(default_factory=tuple)
+    classes: tuple[str, ...] = field(default_factory=tuple)
 
 
 MNIST = DatasetSpec(
@@ -107,7 +108,7 @@ FASHION_MNIST = DatasetSpec(
 DATASETS = {"mnist": MNIST, "fashion-mnist": FASHION_MNIST}
 
 
-def get_dataset_spec(dataset) -> DatasetSpec:
+def get_dataset_spec(dataset: str | DatasetSpec) -> DatasetSpec:
     """A :class:`DatasetSpec` from its name (``"mnist"``, ``"fashion-mnist"``) or itself."""
     if isinstance(dataset, DatasetSpec):
         return dataset
@@ -124,7 +125,8 @@ def user_cache_dir() -> Path:
     return base / "minivae"
 
 
-def search_dirs(spec, data_dir=None, repo_dir=None) -> list:
+def search_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
+                repo_dir: str | os.PathLike | None = None) -> list[tuple[str, Path, bool]]:
     """The folders searched for ``spec``'s files, in order, as ``(label, path, explicit)`` tuples."""
     dirs = []
     explicit = data_dir if data_dir is not None else (os.environ.get(ENV_DATA_DIR) or None)
@@ -137,7 +139,7 @@ def search_dirs(spec, data_dir=None, repo_dir=None) -> list:
     return dirs
 
 
-def md5_of_file(path) -> str:
+def md5_of_file(path: str | os.PathLike) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(2 ** 20), b""):
@@ -145,7 +147,7 @@ def md5_of_file(path) -> str:
     return digest.hexdigest()
 
 
-def load_verified(path, data_file: DataFile) -> np.ndarray:
+def load_verified(path: str | os.PathLike, data_file: DataFile) -> np.ndarray:
     """Read a local copy of ``data_file`` and verify it: decompressed md5 where known, else the
     .gz md5 (for a .gz file), and always the shape."""
     path = Path(path)
@@ -158,7 +160,8 @@ def load_verified(path, data_file: DataFile) -> np.ndarray:
     return array
 
 
-def download(urls, destination, gz_md5, timeout=30.0, verbose=True) -> Path:
+def download(urls: Iterable[str], destination: str | os.PathLike, gz_md5: str, timeout: float = 30.0,
+             verbose: bool = True) -> Path:
     """Download the first of ``urls`` that answers with content of md5 ``gz_md5`` to ``destination``.
 
     The bytes go to a temporary file beside ``destination`` that replaces it atomically
@@ -193,8 +196,9 @@ def _download_one(url, destination, gz_md5, timeout):
             raise ChecksumError(f"md5 of the download is {digest.hexdigest()}, expected {gz_md5}")
 
 
-def locate(spec, key, data_dir=None, download_missing=True, repo_dir=None, timeout=30.0,
-           verbose=True):
+def locate(spec: str | DatasetSpec, key: str, data_dir: str | os.PathLike | None = None,
+           download_missing: bool = True, repo_dir: str | os.PathLike | None = None, timeout: float = 30.0,
+           verbose: bool = True) -> tuple[np.ndarray, Path]:
     """Find, verify and read one file of ``spec`` (``key`` e.g. ``"train-images"``).
 
     Returns ``(array, path)``. See the module docstring for the search order.
@@ -225,7 +229,8 @@ def locate(spec, key, data_dir=None, download_missing=True, repo_dir=None, timeo
     raise DataNotFoundError(not_found_message(spec, key, data_dir, repo_dir, rejected, download_failure))
 
 
-def not_found_message(spec, key, data_dir, repo_dir, rejected, download_failure) -> str:
+def not_found_message(spec: DatasetSpec, key: str, data_dir: str | os.PathLike | None,
+                      repo_dir: str | os.PathLike | None, rejected: list[str], download_failure: str) -> str:
     """What is missing, where we looked, why downloading failed, and how to fix it by hand."""
     lines = [f"{spec.name}: no usable copy of {spec.files[key].name} was found and none could be "
              "downloaded.", "Looked in (in this order):"]
@@ -251,12 +256,12 @@ class Dataset:
     split: str
     images: np.ndarray
     labels: np.ndarray
-    sources: dict
+    sources: dict[str, str]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n):
+    def subset(self, n: int | None) -> Dataset:
         """The first ``n`` examples (all when ``n`` is None or at least ``len(self)``)."""
         if n is None or n >= len(self):
             return self
@@ -265,8 +270,9 @@ class Dataset:
         return Dataset(self.name, self.split, self.images[:n], self.labels[:n], self.sources)
 
 
-def load_dataset(dataset="mnist", split="train", data_dir=None, download=True, repo_dir=None,
-                 timeout=30.0, verbose=True) -> Dataset:
+def load_dataset(dataset: str | DatasetSpec = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
+                 download: bool = True, repo_dir: str | os.PathLike | None = None, timeout: float = 30.0,
+                 verbose: bool = True) -> Dataset:
     """Load one split (``"train"`` or ``"test"``) of ``"mnist"`` or ``"fashion-mnist"``.
 
     ``download=False`` never touches the network. Raises :class:`DataNotFoundError` with
