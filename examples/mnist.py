@@ -37,15 +37,8 @@ from minivae.fast.dispatch import describe_kernels
 from minivae.ops.layers import ACTIVATIONS
 from minivae.ops.likelihoods import LIKELIHOODS
 from minivae.training.checkpoint import CheckpointError, atomic_open, load_checkpoint
-from minivae.training.data import (
-    DATASETS,
-    PREPROCESSING,
-    DataError,
-    binarize_dynamic,
-    get_dataset_spec,
-    load_dataset,
-    preprocess,
-)
+from minivae.training.data import (DATASETS, PREPROCESSING, DataError, binarize_dynamic, get_dataset_spec,
+                                   load_dataset, preprocess)
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
 from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, derive_seed
 

@@ -24,14 +24,8 @@ import numpy as np
 
 from minivae._types import Array, DType, Scalar
 from minivae.backend import Backend, get_backend
-from minivae.ops.latent import (
-    kl_standard_normal,
-    kl_standard_normal_backward,
-    log_normal,
-    log_standard_normal,
-    reparameterize,
-    reparameterize_backward,
-)
+from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward, log_normal,
+                                log_standard_normal, reparameterize, reparameterize_backward)
 from minivae.ops.layers import Activation, get_activation, linear_backward, linear_forward
 from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
 from minivae.params import Parameters

@@ -49,15 +49,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from minivae._types import Array
 from minivae.backend import Random, get_array_module
 from minivae.model import VAE
-from minivae.ops.latent import (
-    kl_standard_normal,
-    kl_standard_normal_backward,
-    log_normal,
-    log_normal_backward,
-    log_standard_normal,
-    reparameterize,
-    reparameterize_backward,
-)
+from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward, log_normal,
+                                log_normal_backward, log_standard_normal, reparameterize,
+                                reparameterize_backward)
 from minivae.params import Parameters, flat_views
 from minivae.validation import check_eps, check_layout
 

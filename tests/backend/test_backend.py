@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 
 import minivae
-from minivae.backend import (
-    BACKEND_NAMES,
-    BACKENDS,
-    CAPABILITIES,
-    BackendUnavailableError,
-    cupy_gpu_available,
-    get_array_module,
-    register_backend,
-    resolve_backend_name,
-    strict,
-    unregister_backend,
-)
+from minivae.backend import (BACKEND_NAMES, BACKENDS, CAPABILITIES, BackendUnavailableError,
+                             cupy_gpu_available, get_array_module, register_backend, resolve_backend_name,
+                             strict, unregister_backend)
 from minivae.backend.numpy_backend import NumpyBackend
 from minivae.fast import cpu_library
 from minivae.fast.array_kernels import ArrayKernels

@@ -25,14 +25,8 @@ from minivae.fast.cpu_kernels import CompiledKernels
 from minivae.fast.cuda_kernels import CupyKernels
 from minivae.ops.latent import kl_standard_normal, kl_standard_normal_backward, reparameterize, reparameterize_backward
 from minivae.ops.layers import get_activation
-from minivae.ops.likelihoods import (
-    bernoulli_nll,
-    bernoulli_nll_backward,
-    gaussian_nll,
-    gaussian_nll_backward,
-    gaussian_nll_fixed,
-    gaussian_nll_fixed_backward,
-)
+from minivae.ops.likelihoods import (bernoulli_nll, bernoulli_nll_backward, gaussian_nll,
+                                     gaussian_nll_backward, gaussian_nll_fixed, gaussian_nll_fixed_backward)
 from minivae.training.step import TrainStep
 
 RTOL = 1e-12

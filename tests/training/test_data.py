@@ -14,23 +14,9 @@ import pytest
 
 import minivae
 from minivae.training import data
-from minivae.training.data import (
-    MNIST,
-    ChecksumError,
-    DataFile,
-    DataNotFoundError,
-    DatasetSpec,
-    IDXError,
-    binarize_dynamic,
-    binarize_fixed,
-    load_dataset,
-    locate,
-    parse_idx,
-    preprocess,
-    read_idx,
-    sources,
-    write_idx,
-)
+from minivae.training.data import (MNIST, ChecksumError, DataFile, DataNotFoundError, DatasetSpec, IDXError,
+                                   binarize_dynamic, binarize_fixed, load_dataset, locate, parse_idx,
+                                   preprocess, read_idx, sources, write_idx)
 
 
 @pytest.fixture(autouse=True)
