@@ -14,7 +14,7 @@ KL term, the reconstruction loss with its gradient, and the optimizer update. Ea
   (``cupy.ElementwiseKernel``), selected when the backend is CuPy. Every source is listed in
   :data:`CUDA_KERNELS` so that a test can compile it with NVRTC on a machine without a GPU.
 * On NumPy, where a C++ compiler is at hand, the same CUDA formulas wrapped in C++ loops
-  (:func:`host_function`) replace the hot array passes: :class:`minivae.host_kernels.CompiledKernels`.
+  (:func:`host_function`) replace the hot array passes: :class:`minivae.fast.cpu_kernels.CompiledKernels`.
 
 The formulas (``l`` logits, ``x`` data, ``s`` a scale, ``e = exp(-|l|)``):
 
@@ -34,7 +34,7 @@ Scalars are Python floats: NumPy 2 keeps float32 arrays float32 then.
 """
 from __future__ import annotations
 
-LEAKY_RELU_SLOPE = 0.01  # the default of minivae.layers.leaky_relu_forward
+LEAKY_RELU_SLOPE = 0.01  # the default of minivae.ops.layers.leaky_relu_forward
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 # activations whose derivative needs the pre-activation; the others use their output
 NEEDS_PREACTIVATION = ("leaky_relu", "softplus")

@@ -1,7 +1,7 @@
-"""The kernels of :mod:`minivae.kernels`, compiled for the CPU when a C++ compiler is at hand.
+"""The kernels of :mod:`minivae.fast.sources`, compiled for the CPU when a C++ compiler is at hand.
 
-Each kernel in :data:`minivae.kernels.CUDA_KERNELS` is the formula for one element; for the CPU,
-:func:`minivae.kernels.host_function` wraps it in a plain C++ loop over rows and columns, built for
+Each kernel in :data:`minivae.fast.sources.CUDA_KERNELS` is the formula for one element; for the CPU,
+:func:`minivae.fast.sources.host_function` wraps it in a plain C++ loop over rows and columns, built for
 several instruction sets (the loader picks the widest the processor has). Compiled once per
 machine (the library is cached) and called through :mod:`ctypes`, which releases the interpreter
 lock for the call, a pass of the training step is one call instead of several NumPy calls:
@@ -17,8 +17,9 @@ releases the interpreter lock only inside a call, so two threads making many sho
 for each other; a compiled pass runs without the lock. The kernels with a transcendental function
 in every element of a large array (bias + tanh, sigmoid or softplus, softplus's derivative) stay
 NumPy passes: NumPy's vectorized ``exp`` and ``tanh`` beat a loop of scalar library calls.
-:class:`CompiledKernels` is :class:`minivae.kernels.ArrayKernels` with these passes compiled,
-each falling back to the array operations for a layout or dtype the library does not take.
+:class:`~minivae.fast.cpu_kernels.CompiledKernels` is :class:`~minivae.fast.array_kernels.ArrayKernels`
+with these passes compiled, each falling back to the array operations for a layout or dtype the
+library does not take.
 
 Nothing is required: where no compiler is found (``$CXX``, ``c++``, ``g++``, ``clang++``), the
 build fails, or ``MINIVAE_HOST_KERNELS=0`` is set, the NumPy passes run (the same math; the last
@@ -128,7 +129,7 @@ _status = {}     # dtype name -> what happened
 class HostKernels:
     """The compiled kernels for one dtype. :meth:`launch` runs any of :data:`NAMES` over a
     (rows, cols) grid; ``adam``, ``sgd``, ``sgd_momentum`` have the signatures of
-    :class:`minivae.kernels.CupyKernels`' (flat, contiguous arrays; scalars as Python numbers);
+    :class:`minivae.fast.cuda_kernels.CupyKernels`' (flat, contiguous arrays; scalars as Python numbers);
     :meth:`bernoulli` returns the loss sum."""
 
     def __init__(self, library, dtype, c_scalar):

@@ -114,7 +114,7 @@ def plot_elbo_gap(x, image_side, grid, gap, path, title=None):
     """One row per example: the data x, the true posterior p(z|x) on the grid, q(z|x) on the same
     axes (the other's contours dashed), and log p(x) = ELBO + KL(q || p(z|x)) in numbers.
 
-    ``grid``: a :class:`minivae.posterior.LatentGrid`; ``gap``: the matching ``ElboGap``.
+    ``grid``: a :class:`minivae.study.posterior.LatentGrid`; ``gap``: the matching ``ElboGap``.
     """
     from minivae.study.posterior import log_posterior
     x = to_numpy(x)

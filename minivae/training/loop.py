@@ -404,7 +404,7 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The exact training state as ``(arrays, meta)`` for :func:`minivae.checkpoint.save_checkpoint`."""
+        """The exact training state as ``(arrays, meta)`` for :func:`minivae.training.checkpoint.save_checkpoint`."""
         arrays = {"params": to_numpy(self.model.flat_params)}
         optimizer_state = self.optimizer.state_dict()
         arrays.update({f"optimizer.{name}": to_numpy(value) for name, value in optimizer_state.items()

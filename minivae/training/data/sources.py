@@ -165,7 +165,7 @@ def download(urls: Iterable[str], destination: str | os.PathLike, gz_md5: str, t
     """Download the first of ``urls`` that answers with content of md5 ``gz_md5`` to ``destination``.
 
     The bytes go to a temporary file beside ``destination`` that replaces it atomically
-    (:func:`minivae.checkpoint.atomic_open`) only once their md5 is verified; a failed or wrong
+    (:func:`minivae.training.checkpoint.atomic_open`) only once their md5 is verified; a failed or wrong
     download leaves nothing behind.
     Raises :class:`DataNotFoundError` listing every URL's failure.
     """
