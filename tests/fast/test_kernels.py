@@ -59,7 +59,7 @@ def backend_kernels(request):
     return backend, CompiledKernels(backend.xp)
 
 
-@pytest.mark.parametrize("activation", array_kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", array_kernels.KERNEL_ACTIVATIONS)
 def test_bias_activation_and_backward(backend_kernels, activation):
     backend, k = backend_kernels
     xp = backend.xp
@@ -227,7 +227,7 @@ def test_every_cupy_kernel_is_used_by_a_method():
     source = inspect.getsource(CupyKernels)
     for name in sources.CUDA_KERNELS:
         stem = name.split("_backward")[0].replace("bias_", "")
-        assert f'"{name}"' in source or stem in array_kernels.ACTIVATIONS, name
+        assert f'"{name}"' in source or stem in array_kernels.KERNEL_ACTIVATIONS, name
 
 
 # --- 3. the CUDA formulas, compiled for the CPU ------------------------------------------------------
