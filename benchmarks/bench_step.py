@@ -84,6 +84,8 @@ def run(args, argv_for_record, on_row=None):
                     continue
                 for impl, seconds in handle.call("setup", N, args.warmup).items():
                     steps[impl] = (handle, max(2, int(args.block_seconds / max(seconds, 1e-6))))
+            if not steps:   # every worker skips this size (--max-cpu-batch, no GPU)
+                continue
             samples = {impl: [] for impl in steps}
             rejected = {impl: [] for impl in steps}
             for r in range(args.repeats):

@@ -1,5 +1,8 @@
 """Shared fixtures: every backend test runs on NumPy, on the strict CuPy stand-in, and on CuPy
 when a GPU is present; ``MINIVAE_TEST_BACKEND`` picks others (``tests/backend_selection.py``)."""
+import json
+import os
+
 import numpy as np
 import pytest
 from backend_selection import ENV, GPU_SKIP, TEST_BACKENDS, gpu_required, problems, requested
@@ -27,6 +30,22 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"{ENV} names cupy, so this test must run here, but it was skipped: "
                            f"{report.longrepr}")
+
+
+REPORT = os.environ.get("MINIVAE_TEST_REPORT")   # a file that gets one JSON line per test outcome
+
+
+def pytest_runtest_logreport(report):
+    """With ``$MINIVAE_TEST_REPORT``: append each test's outcome as it comes (a run stopped by a
+    time limit keeps what it had), once per test, in the controlling process only."""
+    if not REPORT or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if report.when == "call" or report.outcome != "passed":   # and a failed or skipped setup or teardown
+        line = {"test": report.nodeid, "outcome": report.outcome, "seconds": round(report.duration, 3)}
+        if report.outcome != "passed":
+            line["detail"] = str(report.longrepr)[-2000:]
+        with open(REPORT, "a") as stream:
+            stream.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture(params=TEST_BACKENDS)

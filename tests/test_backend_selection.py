@@ -15,7 +15,8 @@ SKIP_REASON = re.compile(r"""(?:reason=|pytest\.skip\()f?["']([^"']+)["']""")
 
 
 def run_pytest(selection, *args):
-    env = {**os.environ, ENV: selection, "PYTHONPATH": str(TESTS.parent)}
+    env = {k: v for k, v in os.environ.items() if k != "MINIVAE_TEST_REPORT" and not k.startswith("PYTEST_")}
+    env.update({ENV: selection, "PYTHONPATH": str(TESTS.parent)})
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
                           cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=120)
 
