@@ -105,3 +105,10 @@ def test_a_stage_past_its_limit_is_ended_with_every_process_it_started(tmp_path)
             break
         time.sleep(0.1)
     assert not alive(grandchild)
+
+
+def test_the_shell_entry_point_runs_the_script_with_its_arguments():
+    result = subprocess.run(["sh", os.path.join(BENCHMARKS, "gpu_check.sh"), "--help"], cwd=REPO,
+                            env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--dry-run" in result.stdout and "--stages" in result.stdout

@@ -11,6 +11,7 @@
    ``forward_backward`` and the reference optimizer updates.
 """
 import ctypes
+import re
 import shutil
 import subprocess
 
@@ -517,3 +518,14 @@ def test_a_python_scalar_or_a_wider_scalar_is_caught():
     eps = strict.asarray(np.zeros((1, 2, 3), np.float32))
     with pytest.raises(AssertionError, match="NK"):
         check_launch("reparameterize_kl", (mu, mu, eps, np.int32(1), 6, mu.copy(), eps.copy()))
+
+
+def test_loops_over_samples_count_in_64_bits():
+    """A loop over the L samples indexes ``l * NK + i``: with an ``int`` counter the product wraps
+    where L N K >= 2^31 (CuPy's ``i`` is 64-bit already). Every loop counter in the CUDA sources is
+    ``long long`` (docs/gpu.md, the CuPy review)."""
+    from minivae.fast.sources import CUDA_KERNELS
+    loops = [(name, loop) for name, (_, _, body) in CUDA_KERNELS.items()
+             for loop in re.findall(r"for \((\w[\w ]*?) \w+ =", body)]
+    assert loops, "the reparameterization kernels loop over the samples"
+    assert [(name, counter) for name, counter in loops if counter != "long long"] == []
