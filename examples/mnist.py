@@ -40,7 +40,7 @@ from minivae.training.checkpoint import CheckpointError, atomic_open, load_check
 from minivae.training.data import (DATASETS, PREPROCESSING, DataError, binarize_dynamic, get_dataset_spec,
                                    load_dataset, preprocess)
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
-from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, derive_seed
+from minivae.training.loop import LR_SCHEDULES, TrainConfig, Trainer, TrainingDiverged, derive_seed
 
 TEST_BINARIZATION_SEED = 20160200   # the one Bernoulli draw of the test set under --binarize dynamic
 SMOKE = {"subset": 1000, "test_subset": 500, "epochs": 2, "iwae_k": 20, "batch_size": 100}
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--lr-decay", type=float, default=1.0, help="learning rate multiplied by this after every epoch")
     g.add_argument("--lr-min", type=float, default=0.0, help="floor of the decayed learning rate")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="exponential",
+                   help="exponential: --lr-decay per epoch; burda: Burda et al. 2016, 3^i epochs at "
+                        "lr * 10^(-i/7), i = 0..7 (3280 epochs in all)")
     g.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="KL weight ramps from 0 to beta over these epochs")
     g.add_argument("--n-samples", type=int, default=1, help="z samples per digit and step")
@@ -228,7 +231,8 @@ def main(argv=None) -> int:
     model = VAE(x_train.shape[1], args.hidden, args.latent_dim, likelihood=args.likelihood,
                 activation=args.activation, backend=backend, dtype=args.dtype, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         lr_decay=args.lr_decay, lr_min=args.lr_min, beta=args.beta,
+                         lr_decay=args.lr_decay, lr_min=args.lr_min,
+                         lr_schedule=args.lr_schedule, beta=args.beta,
                          warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
                          dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
                          monitor=args.monitor, eval_every=args.eval_every,
@@ -247,7 +251,10 @@ def main(argv=None) -> int:
     if note:
         print(f"NOTE: {note}")
     print(f"training: {config.epochs} epochs of {trainer.steps_per_epoch} steps, batch {config.batch_size}, "
-          f"Adam lr {config.lr:g} (x{config.lr_decay:g}/epoch, min {config.lr_min:g}), beta {config.beta:g}"
+          f"Adam lr {config.lr:g} "
+          + ("(Burda et al.'s schedule: 3^i epochs at x10^(-i/7))" if config.lr_schedule == "burda"
+             else f"(x{config.lr_decay:g}/epoch, min {config.lr_min:g})")
+          + f", beta {config.beta:g}"
           + (f", KL warm-up {config.warmup_epochs:g} epochs" if config.warmup_epochs else "")
           + (f", resuming at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}" if args.resume else "")
           + (f", time limit {args.time_limit:g} min" if args.time_limit else ""))

@@ -8,6 +8,8 @@ never waits for the host.
 Per step t (1-based, counted over the whole run), in epoch e (0-based):
 
     lr_e   = max(lr * lr_decay^e, lr_min)                       (constant within an epoch)
+    or, with lr_schedule="burda" (Burda et al. 2016: 3^i epochs at lr * 10^(-i/7), i = 0..7),
+    lr_e   = lr * 10^(-i/7)  for  (3^i - 1)/2 <= e < (3^(i+1) - 1)/2
     beta_t = beta * min(1, t / (warmup_epochs * steps_per_epoch))   (linear KL warm-up; beta if none)
 
 Randomness is *counter-based*: at the start of epoch e the data stream (the shuffle, and the
@@ -87,6 +89,19 @@ def derive_seed(seed: int, epoch: int, stream: str) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), STREAMS[stream]]).generate_state(1)[0])
 
 
+LR_SCHEDULES = ("exponential", "burda")
+BURDA_EPOCHS = sum(3 ** i for i in range(8))   # 3280: the schedule of Burda et al. (2016), i = 0..7
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage i of 0-based ``epoch`` in Burda et al.'s schedule: stage i lasts 3^i epochs, so it
+    starts at epoch (3^i - 1) / 2. Epochs after the eighth stage stay in the last one (i = 7)."""
+    stage = 0
+    while stage < 7 and epoch >= (3 ** (stage + 1) - 1) // 2:
+        stage += 1
+    return stage
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run besides the model and the data (JSON-friendly)."""
@@ -95,6 +110,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0        # learning rate multiplied by this after every epoch
     lr_min: float = 0.0          # ... but never below this
+    lr_schedule: str = "exponential"   # or "burda": 3^i epochs at lr * 10^(-i/7) (BURDA_EPOCHS in all)
     beta: float = 1.0            # weight of the KL term
     warmup_epochs: float = 0.0   # KL weight ramps linearly from 0 to beta over these epochs
     n_samples: int = 1           # Monte Carlo samples of z per example and step
@@ -121,6 +137,7 @@ class TrainConfig:
                   ("eval_batch_size", self.eval_batch_size >= 1), ("lr", self.lr > 0.0),
                   ("lr_decay", 0.0 < self.lr_decay <= 1.0), ("lr_min", self.lr_min >= 0.0),
                   ("beta", self.beta >= 0.0), ("warmup_epochs", self.warmup_epochs >= 0.0)]
+        checks.append(("lr_schedule", self.lr_schedule in LR_SCHEDULES))
         if self.threads != "auto":
             checks.append(("threads", self.threads in (1, 2)))
         for name, ok in checks:
@@ -213,6 +230,8 @@ class Trainer:
 
     def lr_at(self, epoch: int) -> float:
         c = self.config
+        if c.lr_schedule == "burda":
+            return c.lr * 10.0 ** (-burda_stage(epoch) / 7.0)
         return max(c.lr * c.lr_decay ** epoch, c.lr_min)
 
     def beta_at(self, step: int) -> float:

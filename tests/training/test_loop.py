@@ -9,7 +9,8 @@ import pytest
 import minivae
 from minivae import VAE
 from minivae.training.checkpoint import CheckpointError, load_checkpoint
-from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, derive_seed, layer_groups
+from minivae.training.loop import (BURDA_EPOCHS, TrainConfig, Trainer, TrainingDiverged, burda_stage, derive_seed,
+                                   layer_groups)
 from minivae.validation import InputError
 
 D, K = 16, 3
@@ -67,6 +68,19 @@ def test_schedules(backend, toy_data):
     assert trainer.history["lr"] == pytest.approx([1e-2, 5e-3])
     assert trainer.history["beta"] == pytest.approx([2.0 * 5 / 7.5, 2.0])
     assert trainer.global_step == 10
+
+
+def test_burda_schedule_is_3_to_the_i_epochs_at_lr_times_10_to_the_minus_i_over_7(backend, toy_data):
+    trainer = make_trainer(backend, toy_data, lr=1e-3, lr_schedule="burda")
+    lrs = [trainer.lr_at(e) for e in range(BURDA_EPOCHS + 5)]
+    assert BURDA_EPOCHS == 3280
+    for stage in range(8):
+        first = (3 ** stage - 1) // 2
+        assert lrs[first:first + 3 ** stage] == pytest.approx([1e-3 * 10 ** (-stage / 7)] * 3 ** stage)
+    assert lrs[BURDA_EPOCHS:] == pytest.approx([1e-4] * 5)     # past the schedule: its last rate
+    assert [burda_stage(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 3279)] == [0, 1, 1, 2, 2, 3, 3, 4, 7]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
 
 
 def test_config_is_validated():
