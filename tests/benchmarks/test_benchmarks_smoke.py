@@ -38,6 +38,31 @@ def test_bench_step_smoke(tmp_path):
     assert (tmp_path / "step_cpu.png").stat().st_size > 0
 
 
+def test_bench_eval_smoke(tmp_path):
+    pytest.importorskip("matplotlib")
+    command = [sys.executable, os.path.join(BENCHMARKS, "bench_eval.py"), "--smoke", "--out-dir",
+               str(tmp_path), "--full-examples", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "eval_cpu.json").read_text())
+    assert [row["threads"] for row in record["results"]] == [1, 2]
+    for row in record["results"]:
+        for impl in ("minivae", "minivae-reference", "gemm-floor"):
+            assert row["impls"][impl]["samples_per_s"] > 0
+        assert row["ratios"]["minivae/gemm-floor"] > 0
+        # the fused and the reference path compute the same bound from the same noise
+        fused, reference = row["impls"]["minivae"]["neg_log_px"], row["impls"]["minivae-reference"]["neg_log_px"]
+        assert abs(fused - reference) < 1e-4 * abs(reference)
+        if "torch" in row["impls"]:      # other noise: the same bound only roughly
+            assert abs(row["impls"]["torch"]["neg_log_px"] - reference) < 0.05 * abs(reference)
+    assert record["full"][0]["examples"] == 1 and record["full"][0]["seconds"] > 0
+    assert "bench_eval.py" in record["command"] and record["machine"]["logical_cpus"] >= 1
+    assert any(p.get("user_api") == "blas" for p in record["workers"]["numpy"]["threadpools"])
+    table = (tmp_path / "eval_cpu.md").read_text()
+    assert "| 1 |" in table and "Command:" in table
+    assert (tmp_path / "eval_cpu.png").stat().st_size > 0
+
+
 def test_bench_epoch_smoke(tmp_path):
     run_script("bench_epoch.py", tmp_path)
     record = json.loads((tmp_path / "epoch_cpu.json").read_text())
