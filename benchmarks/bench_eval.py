@@ -166,7 +166,6 @@ def set_threads(threads, torch_module):
 
 
 def run(args, argv_for_record):
-    import numpy as np
 
     from minivae.fast import cpu_library
     from minivae.fast.iwae import BLOCK_ROWS
