@@ -266,7 +266,8 @@ def markdown(record):
              f"Samples per second (median of {s['repeats']} blocks of {s['examples']} digits x k = {s['k']}; "
              "higher is better). Ratios: PyTorch's time / minivae's (the speed-up), minivae's time / "
              "the decoder's GEMM-only floor.", "",
-             "| threads | minivae | minivae reference | PyTorch | GEMM floor | speed-up vs PyTorch | minivae / floor | load avg |",
+             "| threads | minivae | minivae reference | PyTorch | GEMM floor | speed-up vs PyTorch "
+             "| minivae / floor | load avg |",
              "|---|---|---|---|---|---|---|---|"]
 
     def rate(row, impl):
@@ -286,9 +287,10 @@ def markdown(record):
                   f"{entry['seconds']:.1f} s; extrapolated to the 10,000 test digits: "
                   f"{entry['extrapolated_10k_s']:.0f} s (load average {entry['load_average_before']})."]
     m, w = record["machine"], record["workers"]
+    blas = [(p.get("internal_api"), p.get("version"), p.get("architecture")) for p in w["numpy"]["threadpools"]]
     lines += ["", f"Command: `{record['command']}`", "",
               f"Machine: {m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, SIMD {m.get('simd')}; "
-              f"BLAS {[(p.get('internal_api'), p.get('version'), p.get('architecture')) for p in w['numpy']['threadpools']]}; "
+              f"BLAS {blas}; "
               f"minivae kernels: {w['numpy']['kernels']}; PyTorch: {w.get('torch')}; "
               f"load average before {record['load_average_before']}, after {record.get('load_average_after')}; "
               f"env {record['env']}."]
