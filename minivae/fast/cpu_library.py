@@ -202,7 +202,10 @@ static inline int bits_of(float v) {
 
 // The logs as one log per row: each SIMD lane keeps a product of factors (1 + e) in (1, 2] as a
 // mantissa in [1, 2) and an exponent (the product's exponent bits are moved into an integer sum
-// after every factor: no overflow for any row length). One horizontal reduction per row.
+// after every factor: no overflow for any row length). One horizontal reduction per row. (The
+// lanes' share of a row depends on the instruction set and on where the vector loop starts, i.e.
+// on the data's alignment: the last bits of a float32 bound may differ between machines or buffers,
+// within float32 rounding.)
 static inline double bernoulli_row(const float* l, const float* b, const float* x, long long cols) {
   float linear = 0.0f, mantissa = 1.0f;
   int exponent = 0;

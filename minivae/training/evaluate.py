@@ -117,6 +117,7 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
     examples_per_call, samples_per_call = iwae_chunks(N, k, batch_rows)
     log_px, elbo = xp.zeros(N, dtype=xp.float64), xp.zeros(N, dtype=xp.float64)
     engine = FusedIWAE(model, threads=threads) if fused and iwae_unsupported_reason(model) is None else None
+    noise = {}                                      # (count, n, K) -> its buffer (at most 3 shapes)
     bar = _progress_bar(progress, total=N * k, unit="sample", unit_scale=True,
                         desc=desc or f"IWAE-{k}", smoothing=0.05)
     began = time.perf_counter()
@@ -125,7 +126,10 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
         n = xb.shape[0]
         for first in range(0, k, samples_per_call):
             count = min(samples_per_call, k - first)
-            eps = random.normal((count, n, K), model.dtype)
+            shape = (count, n, K)
+            if shape not in noise:                  # drawn into a buffer: no fresh pages per call
+                noise[shape] = xp.empty(shape, dtype=model.dtype)
+            eps = random.normal(shape, model.dtype, out=noise[shape])
             if engine is not None:
                 log_w = engine.log_weights(xb, eps)                                 # (count, n)
             else:
