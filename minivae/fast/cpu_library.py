@@ -134,7 +134,8 @@ extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long 
 #   tanh|x| = (1 - e) / (1 + e), e = exp(-2|x|) = 2^n (1 + q), q = exp(r) - 1: 1 - e is formed as
 #     (1 - 2^n) - 2^n q, exact where e is close to 1 (small x), so the relative error stays ~1e-7
 #     for every x (no cancellation); tanh(-x) = -tanh(x).
-# For double data the library's exp, log1p and tanh run (scalar; exact to double).
+# For double data the library's exp, log1p and tanh (scalar; exact to double): compiled, but the
+# Python side uses them for float32 only (NumPy's vectorized double passes are faster).
 # The Bernoulli log-likelihood of a row: sum_j x_j a_j - softplus(a_j), a = l + b, softplus(a) =
 # max(a, 0) + log(1 + exp(-|a|)); the logs as one log of the product of a group of the factors
 # (1 + e) in (1, 2] (64 of them < 2^64: no overflow in float), accumulated in double per row.
@@ -339,8 +340,11 @@ class HostKernels:
         return all(a.dtype == self.dtype and a.flags.aligned for a in arrays)
 
     def bias_tanh(self, h, b):
-        """h = tanh(h + b) (vectorized tanh) for h (rows, cols) with contiguous rows, b (cols,);
-        False, and nothing done, for another layout."""
+        """h = tanh(h + b) (vectorized tanh) for float32 h (rows, cols) with contiguous rows, b
+        (cols,); False, and nothing done, for another layout or float64 (whose scalar library tanh
+        is slower than NumPy's vectorized one)."""
+        if self.dtype != np.float32:
+            return False
         rows, cols = h.shape
         ld = row_stride(h, rows, cols)
         if ld is None or row_stride(b, rows, cols) != 0 or not self._fits(h, b):
@@ -351,7 +355,10 @@ class HostKernels:
     def bernoulli_log_likelihood(self, logits, b, x, log_w):
         """log_w[r] += sum_j x_j a_j - softplus(a_j), a = logits[r] + b, x's row r % n; logits
         (rows, D) and x (n, D) with contiguous rows, b (D,), log_w (rows,) contiguous float64.
-        False, and nothing done, for another layout (``logits`` is not written)."""
+        False, and nothing done, for another layout or float64 data (the scalar library exp and
+        log1p are slower than NumPy's passes); ``logits`` is not written."""
+        if self.dtype != np.float32:
+            return False
         (rows, D), n = logits.shape, x.shape[0]
         ld_l, ld_x = row_stride(logits, rows, D), row_stride(x, n, D)
         if (ld_l is None or ld_x is None or x.ndim != 2 or n == 0 or rows % n or row_stride(b, rows, D) != 0
