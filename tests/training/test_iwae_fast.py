@@ -110,3 +110,23 @@ def test_compiled_passes_equal_the_array_passes_over_extreme_logits():
                                              np.empty_like(d), np.empty_like(d), np.empty(rows))
     np.testing.assert_allclose(got, expected, rtol=2e-7 * 50, atol=1e-3)
     assert np.isfinite(got).all()
+
+
+def test_no_block_sized_allocation_in_steady_state():
+    """After the first call, a call allocates only per-call vectors (the encoder's (n, .) arrays),
+    nothing of a block's (rows, D) size: the decoder runs in the buffers."""
+    import tracemalloc
+    model = minivae.VAE(784, [64, 32], 8, activation="tanh", seed=1)
+    rng = np.random.default_rng(0)
+    x = data(model, 2, rng)
+    eps = rng.standard_normal((300, 2, model.latent_dim)).astype(np.float32)
+    out = np.empty((300, 2))
+    engine = FusedIWAE(model, block_rows=128, threads=1)
+    engine.log_weights(x, eps, out=out)
+    tracemalloc.start()
+    try:
+        engine.log_weights(x, eps, out=out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 128 * model.input_dim * 4 // 8, peak      # an eighth of one (128, 784) buffer
