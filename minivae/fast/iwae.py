@@ -8,9 +8,10 @@ For ``x`` (n, D) and noise ``eps`` (c, n, K) (c samples of each of n examples):
     Bernoulli: log p(x | z) = sum_j x_j a_j - softplus(a_j),  a = the decoder's logits.
 
 The encoder runs once per call: once per example where a call holds all k samples of its examples
-(k = 5000 on the CPU's 8,192 rows per call of :func:`minivae.training.evaluate.iwae_bound`); the decoder runs over blocks of :data:`BLOCK_ROWS` rows (sample rows of the
-call, row r = sample r // n of example r % n) in buffers allocated once: per layer a matrix
-product into its buffer and one fused pass (bias + activation; for the output layer, bias +
+(k = 5000 on the CPU's 8,192 rows per call of :func:`minivae.training.evaluate.iwae_bound`). The
+decoder runs over blocks of :data:`BLOCK_ROWS` rows (sample rows of the call, row r = sample
+r // n of example r % n) in buffers allocated once: per layer a matrix product into its buffer and
+one fused pass (bias + activation; for the output layer, bias +
 log-likelihood summed per row straight into the float64 log-weights), plus one fused pass for
 z and the latent terms. The passes are the kernels of :func:`minivae.fast.dispatch.get_kernels`
 (compiled C++ with vectorized exp and tanh on the CPU, CUDA kernels on CuPy, array operations on
