@@ -26,6 +26,13 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 MODEL = dict(input_dim=784, hidden=400, latent=20)   # the PyTorch examples/vae architecture
+# the models a step benchmark can time (--model): widths, activation; Bernoulli decoder, Adam
+MODELS = {
+    "pytorch-example": dict(input_dim=784, hidden=[400], latent=20, activation="relu"),
+    # Burda et al.'s / Kingma and Welling's setting: two tanh layers of 200, 50 latent dimensions
+    "classic": dict(input_dim=784, hidden=[200, 200], latent=50, activation="tanh"),
+}
+DEFAULT_MODEL = "pytorch-example"
 PIXEL_MEAN = 0.13                                      # binarised-MNIST-like synthetic data
 
 # workers: name -> the implementations it times
@@ -89,11 +96,33 @@ def synthetic_data(n, seed=0):
     return (rng.random((n, MODEL["input_dim"]), dtype=np.float32) < PIXEL_MEAN).astype(np.float32)
 
 
-def gemm_shapes(N):
-    """The matrix products of one step of the 784-400-20 model, forward then backward (no dx for
-    the first layer; the mu/logvar head is one GEMM): ``(A shape, B shape, A transposed, B
-    transposed)``, where a transposed operand is the ``.T`` view of a row-major array, as in the
-    real backward (``h.T @ dout``, ``dout @ W.T``)."""
+def gemm_shapes(N, model=DEFAULT_MODEL):
+    """The matrix products of one step of ``model`` (default the 784-400-20 model), forward then
+    backward (no dx for the first layer; the mu/logvar head is one GEMM): ``(A shape, B shape, A
+    transposed, B transposed)``, where a transposed operand is the ``.T`` view of a row-major
+    array, as in the real backward (``h.T @ dout``, ``dout @ W.T``)."""
+    return [shape for shape, _ in tagged_gemm_shapes(N, model)]
+
+
+def tagged_gemm_shapes(N, model=DEFAULT_MODEL):
+    """:func:`gemm_shapes` with each product's kind: ``"rows"`` (rows are the batch's examples:
+    split by rows between two threads), ``"decoder_dw"`` or ``"encoder_dw"`` (a weight gradient)."""
+    spec = MODELS[model]
+    D, K, hidden = spec["input_dim"], spec["latent"], spec["hidden"]
+    encoder = list(zip([D, *hidden], [*hidden, 2 * K]))                  # (in, out) per layer
+    decoder = list(zip([K, *hidden[::-1]], [*hidden[::-1], D]))
+    out = [(((N, a), (a, b), False, False), "rows") for a, b in encoder + decoder]
+    for layers, kind, first_dx in ((decoder, "decoder_dw", True), (encoder, "encoder_dw", False)):
+        for i in reversed(range(len(layers))):
+            a, b = layers[i]
+            out.append((((a, N), (N, b), True, False), kind))              # dW = h^T delta
+            if i > 0 or first_dx:                                         # dx = delta W^T
+                out.append((((N, b), (b, a), False, True), "rows"))
+    return out
+
+
+def _pytorch_example_shapes(N):
+    """The 784-400-20 model's 11 products as first written out (a check of :func:`gemm_shapes`)."""
     D, H, K = MODEL["input_dim"], MODEL["hidden"], MODEL["latent"]
     return [
         ((N, D), (D, H), False, False), ((N, H), (H, 2 * K), False, False),      # forward
@@ -109,9 +138,10 @@ class GemmFloor:
     """Just the 11 matrix products of one step, with preallocated outputs: the floor that no
     implementation of this model can beat without changing the products."""
 
-    def __init__(self, lib, N, device=None):
+    def __init__(self, lib, N, device=None, model=DEFAULT_MODEL):
         import numpy as np
         rng = np.random.default_rng(0)
+        self.tags = [kind for _, kind in tagged_gemm_shapes(N, model)]
         if lib == "torch":
             import torch
             array = lambda s: torch.from_numpy(rng.random(s, dtype=np.float32)).to(device)  # noqa: E731
@@ -123,7 +153,7 @@ class GemmFloor:
             empty = lambda s: xp.empty(s, dtype=np.float32)                                  # noqa: E731
             self.mm = lambda a, b, out: xp.matmul(a, b, out=out)
         self.products = []
-        for a, b, ta, tb in gemm_shapes(N):
+        for a, b, ta, tb in gemm_shapes(N, model):
             A = array(a[::-1]).T if ta else array(a)
             B = array(b[::-1]).T if tb else array(b)
             self.products.append((A, B, empty((a[0], b[1]))))
@@ -142,15 +172,16 @@ class SplitGemmFloor(GemmFloor):
     thread taking half of the rows; then the 4 weight-gradient products, decoder's on one thread,
     encoder's on the other. The floor of that way of splitting the work."""
 
-    ROW_PRODUCTS, DECODER_DW, ENCODER_DW = (0, 1, 2, 3, 5, 7, 9), (4, 6), (8, 10)
-
-    def __init__(self, N):
+    def __init__(self, N, model=DEFAULT_MODEL):
         from minivae.fast.threads import PairRunner
-        super().__init__("numpy", N)
+        super().__init__("numpy", N, model=model)
         h = N // 2
-        rows = [self.products[i] for i in self.ROW_PRODUCTS]
+
+        def kind(name):
+            return [p for p, tag in zip(self.products, self.tags) if tag == name]
+        rows = kind("rows")
         halves = ([(a[:h], b, out[:h]) for a, b, out in rows], [(a[h:], b, out[h:]) for a, b, out in rows])
-        networks = ([self.products[i] for i in self.DECODER_DW], [self.products[i] for i in self.ENCODER_DW])
+        networks = (kind("decoder_dw"), kind("encoder_dw"))
         self.phases = [tuple(functools.partial(self._run, products) for products in pair)
                        for pair in (halves, networks)]
         self.runner = PairRunner()
@@ -166,11 +197,17 @@ class TorchVAE:
     objective as minivae: Bernoulli NLL from logits (binary_cross_entropy_with_logits, summed)
     plus the KL term, divided by the batch size; Adam; noise drawn in each step (randn_like)."""
 
-    def __init__(self, device, lr=1e-3, seed=0):
+    def __init__(self, device, lr=1e-3, seed=0, model=DEFAULT_MODEL):
         import torch
         from torch import nn
         torch.manual_seed(seed)
         D, H, K = MODEL["input_dim"], MODEL["hidden"], MODEL["latent"]
+        spec = MODELS[model]
+        if model != DEFAULT_MODEL:       # any other model: the same objective, its own layers
+            self.torch = torch
+            self.model = torch_deep_vae(spec).to(device)
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+            return
 
         class VAE(nn.Module):
             def __init__(self):
@@ -226,15 +263,49 @@ class EventTimer:
         return self.elapsed_ms(start, end) / 1e3
 
 
+def torch_deep_vae(spec):
+    """A PyTorch VAE of any widths and activation (tanh or ReLU): forward returns (logits, mu, logvar)."""
+    from torch import nn
+    import torch
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[spec["activation"]]
+    D, K, hidden = spec["input_dim"], spec["latent"], spec["hidden"]
+
+    def mlp(widths):
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), act()]
+        return layers
+
+    class DeepVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(*mlp([D, *hidden]), nn.Linear(hidden[-1], 2 * K))
+            self.decoder = nn.Sequential(*mlp([K, *hidden[::-1]]), nn.Linear(hidden[0], D))
+
+        def forward(self, x):
+            mu, logvar = self.encoder(x).chunk(2, dim=1)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return self.decoder(z), mu, logvar
+
+    return DeepVAE()
+
+
 class Worker:
     """Runs in the child process: builds one framework's implementations and times them."""
 
-    def __init__(self, name, tf32=False, threads="auto"):
+    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
         self.name, self.impls, self.tf32, self.threads = name, {}, tf32, threads
+        self.model_name, self.cpu_threads = model, cpu_threads
+        if cpu_threads is not None:     # the BLAS and PyTorch's pool: kept for the worker's life
+            import numpy  # noqa: F401 - threadpoolctl limits the libraries loaded: load the BLAS first
+            from threadpoolctl import threadpool_limits
+            self._limits = threadpool_limits(cpu_threads)
         self.device = "cuda" if name in GPU_WORKERS else "cpu"
         if name == "torch-cpu" or name == "torch-cuda":
             import torch
             self.torch = torch
+            if cpu_threads is not None:
+                torch.set_num_threads(cpu_threads)
             if name == "torch-cuda":
                 torch.backends.cuda.matmul.allow_tf32 = tf32
                 torch.backends.cudnn.allow_tf32 = tf32
@@ -292,7 +363,8 @@ class Worker:
         self.impls = {}
         if self.name in ("numpy", "cupy"):
             import minivae
-            model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
+            spec = MODELS[self.model_name]
+            model = minivae.VAE(spec["input_dim"], spec["hidden"], spec["latent"], activation=spec["activation"],
                                 backend=self.name, seed=0)
             step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads)
             x = model.backend.to_device(host_x)
@@ -303,23 +375,23 @@ class Worker:
                 terms = step(x)
                 self.acc += terms.loss   # accumulate on the device: no host sync per step
             self.impls[f"minivae-{self.name}"] = run_minivae
-            self.impls[f"gemm-{self.name}"] = GemmFloor(self.name, N)
+            self.impls[f"gemm-{self.name}"] = GemmFloor(self.name, N, model=self.model_name)
             if self.name == "numpy":
-                self.impls["gemm-numpy-split"] = SplitGemmFloor(N)
+                self.impls["gemm-numpy-split"] = SplitGemmFloor(N, model=self.model_name)
             self.sync = model.backend.synchronize
             self.pool_bytes = ((lambda: xp.get_default_memory_pool().total_bytes())
                                if self.name == "cupy" else (lambda: None))
         else:
             torch = self.torch
             device = "cuda" if self.name == "torch-cuda" else "cpu"
-            net = TorchVAE(device)
+            net = TorchVAE(device, model=self.model_name)
             x = torch.from_numpy(host_x).to(device)
             self.acc = torch.zeros((), device=device)
 
             def run_torch():
                 self.acc += net(x)
             self.impls[self.name] = run_torch
-            self.impls[f"gemm-{self.name}"] = GemmFloor("torch", N, device=device)
+            self.impls[f"gemm-{self.name}"] = GemmFloor("torch", N, device=device, model=self.model_name)
             self.sync = (torch.cuda.synchronize if device == "cuda" else (lambda: None))
             self.pool_bytes = ((lambda: torch.cuda.max_memory_reserved()) if device == "cuda"
                                else (lambda: None))
@@ -416,9 +488,9 @@ class Worker:
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _worker_main(name, tf32, threads, conn):
+def _worker_main(name, tf32, threads, model, cpu_threads, conn):
     try:
-        worker = Worker(name, tf32, threads)
+        worker = Worker(name, tf32, threads, model, cpu_threads)
         conn.send(("ok", worker.info()))
     except Exception as error:  # noqa: BLE001 - report any failure to the parent
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -434,11 +506,13 @@ def _worker_main(name, tf32, threads, conn):
 
 
 class WorkerHandle:
-    def __init__(self, name, tf32=False, threads="auto"):
+    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
         context = multiprocessing.get_context("spawn")
         self.name = name
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(name, tf32, threads, child), daemon=True)
+        self.process = context.Process(target=_worker_main,
+                                       args=(name, tf32, threads, model, cpu_threads, child),
+                                       daemon=True)
         self.process.start()
         status, self.info = self.conn.recv()
         if status != "ok":
@@ -536,14 +610,14 @@ def new_record(benchmark, command, skipped, **details):
 
 
 @contextlib.contextmanager
-def open_workers(names, tf32, record, threads="auto"):
+def open_workers(names, tf32, record, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
     """Start one worker process per framework (their info goes into ``record``), yield the handles
     ``{name: WorkerHandle}``, and close them, recording the load average, however the run ends.
     ``threads``: minivae's ``TrainStep(threads=...)``."""
     handles = {}
     try:
         for name in names:
-            handles[name] = WorkerHandle(name, tf32=tf32, threads=threads)
+            handles[name] = WorkerHandle(name, tf32=tf32, threads=threads, model=model, cpu_threads=cpu_threads)
             record["workers"][name] = handles[name].info
         yield handles
     finally:

@@ -46,10 +46,17 @@ def parse_args(argv=None):
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on the GPU")
     parser.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
                         help="minivae's TrainStep(threads=...) on NumPy (default auto: two threads)")
+    parser.add_argument("--cpu-threads", type=int, default=None,
+                        help="threads of the BLAS and of PyTorch in every worker (threadpoolctl, "
+                             "torch.set_num_threads; default: as configured)")
     parser.add_argument("--max-cpu-batch", type=int, default=None,
                         help="CPU workers skip larger batch sizes (the GPU's large batches)")
     parser.add_argument("--out-dir", default=os.path.join(common.HERE, "results"))
-    parser.add_argument("--name", default="step_cpu", help="output file stem")
+    parser.add_argument("--model", choices=list(common.MODELS), default=common.DEFAULT_MODEL,
+                        help="pytorch-example: 784-400-20 ReLU (default); classic: 784-200-200-50 tanh "
+                             "(Burda et al.'s setting; batch 100 is its training batch)")
+    parser.add_argument("--name", default=None, help="output file stem (default step_cpu, or "
+                                                     "step_cpu_classic with --model classic)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run for CI: two batch sizes, two short blocks")
     parser.add_argument("--no-plot", action="store_true")
@@ -58,7 +65,8 @@ def parse_args(argv=None):
         args.batch_sizes = args.batch_sizes or [32, 64]
         args.repeats, args.block_seconds, args.warmup, args.pause = 2, 0.02, 1, 0.0
         args.max_retries = 0
-    args.batch_sizes = args.batch_sizes or DEFAULT_BATCHES
+    args.batch_sizes = args.batch_sizes or ([100] if args.model == "classic" else DEFAULT_BATCHES)
+    args.name = args.name or ("step_cpu" if args.model == common.DEFAULT_MODEL else f"step_cpu_{args.model}")
     return args
 
 
@@ -67,14 +75,15 @@ def run(args, argv_for_record, on_row=None):
     names, skipped = common.available_workers(args.workers)
     record = common.new_record(
         "step", argv_for_record, skipped,
-        model=dict(common.MODEL, likelihood="bernoulli", activation="relu", dtype="float32",
+        model=dict(common.MODELS[args.model], name=args.model, likelihood="bernoulli", dtype="float32",
                    optimizer="Adam(lr=1e-3)"),
         settings={k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
                                                 "threads", "smoke", "max_other_load", "max_retries",
-                                                "max_cpu_batch")})
+                                                "max_cpu_batch", "model", "cpu_threads")})
     record["complete"] = False
     threads = args.threads if args.threads == "auto" else int(args.threads)
-    with common.open_workers(names, args.tf32, record, threads=threads) as handles:
+    with common.open_workers(names, args.tf32, record, threads=threads, model=args.model,
+                             cpu_threads=args.cpu_threads) as handles:
         for N in args.batch_sizes:
             row = {"batch": N, "impls": {}}
             steps = {}
@@ -165,6 +174,15 @@ def crossover(record):
     return None
 
 
+def model_label(record):
+    """'784-400-20 relu' or '784-200-200-50 tanh': the widths and activation of the record's model."""
+    model = record.get("model", {})
+    hidden = model.get("hidden", 400)
+    widths = [model.get("input_dim", 784), *(hidden if isinstance(hidden, list) else [hidden]),
+              model.get("latent", 20)]
+    return "-".join(map(str, widths)) + f" {model.get('activation', 'relu')}"
+
+
 def markdown(record):
     rows = sorted(record["results"], key=lambda r: r["batch"])
     impls = [i for i in ("minivae-numpy", "torch-cpu", "gemm-numpy", "gemm-numpy-split",
@@ -177,7 +195,7 @@ def markdown(record):
                    if any(k in r["ratios"] for r in rows)]
     fault_impls = [i for i in ("minivae-numpy", "torch-cpu", "minivae-cupy", "torch-cuda")
                    if i in impls]
-    lines = ["Step time (ms, median over blocks) of one training step of the 784-400-20 VAE, "
+    lines = [f"Step time (ms, median over blocks) of one training step of the {model_label(record)} VAE, "
              "float32, Adam; ratios < 1 mean minivae is faster.", ""]
     header = (["batch"] + [f"{i} ms" for i in impls] + ratio_names
               + [f"{i} faults/step" for i in fault_impls])
@@ -279,7 +297,7 @@ def plot(record, path):
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=8)
     m = record["machine"]
-    fig.suptitle(f"minivae 784-400-20 VAE, float32, Adam — {m.get('cpu_model')}, "
+    fig.suptitle(f"minivae {model_label(record)} VAE, float32, Adam — {m.get('cpu_model')}, "
                  f"{m.get('logical_cpus')} CPUs" + (
                      f", {record['workers'].get('cupy', {}).get('gpu')}" if "cupy" in record["workers"]
                      else ""), fontsize=10)

@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "latent dimension every epoch; draws monitor.png")
     g.add_argument("--eval-every", type=int, default=1, help="held-out -ELBO every this many epochs")
     g.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
-                   help="threads of a training step on NumPy (auto: two from batch 16 of this model "
-                   "up; 1 on a CPU shared with other jobs)")
+                   help="threads of a training step and of the IWAE evaluation on NumPy (auto: two "
+                   "from batch 16 of this model up; 1 on a CPU shared with other jobs)")
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--iwae-k", type=int, default=100, help="importance samples of the final "
                    "IWAE bound on log p(x) (5000 for publishable numbers; 0 to skip)")
@@ -286,7 +286,8 @@ def main(argv=None) -> int:
         if args.iwae_k > 0:
             x_iwae = x_test[:args.iwae_n] if args.iwae_n else x_test
             iwae = iwae_bound(model, x_iwae, k=args.iwae_k, batch_rows=args.iwae_batch_rows,
-                              seed=args.seed, progress=args.progress)
+                              seed=args.seed, progress=args.progress,
+                              threads=args.threads if args.threads == "auto" else int(args.threads))
         stats = latent_statistics(model, x_test)
     except KeyboardInterrupt:
         print(f"\ninterrupted during the evaluation; the trained model is in {checkpoint}: "

@@ -256,6 +256,62 @@ class ArrayKernels:
         mean *= row
         return total
 
+    # --- the importance weights of the evaluation (minivae.fast.iwae) ----------------------------
+    # Rows r of a block are sample r // n of example r % n (n examples per call); log_w (rows,) is
+    # float64. The log 2 pi terms of log p(z) and log q(z | x) cancel.
+    def iwae_latent(self, mu, sigma, half, eps, z, log_w, tmp, row):
+        """z = mu + sigma eps;  log_w = log p(z) - log q(z | x) = 1/2 sum_j (eps_j^2 - z_j^2) + half,
+        half (n,) = 1/2 sum_j logvar_j (float64). mu, sigma (n, K); eps, z, tmp (rows, K); row (rows,)
+        in the data's dtype."""
+        xp = self.xp
+        (rows, K), n = eps.shape, mu.shape[0]
+        z3 = z.reshape(rows // n, n, K)
+        xp.multiply(eps.reshape(rows // n, n, K), sigma, out=z3)
+        z3 += mu
+        xp.multiply(eps, eps, out=tmp)
+        xp.add.reduce(tmp, axis=1, out=row)                 # sum_j eps_j^2
+        log_w[...] = row
+        xp.multiply(z, z, out=tmp)
+        xp.add.reduce(tmp, axis=1, out=row)                 # sum_j z_j^2
+        log_w -= row
+        log_w *= 0.5
+        log_w3 = log_w.reshape(rows // n, n)
+        log_w3 += half
+
+    def bernoulli_log_likelihood(self, logits, b, x, log_w, tmp, tmp2, row):
+        """log_w += sum_j x_j a_j - softplus(a_j),  a = logits + b, softplus(a) = max(a, 0) +
+        log1p(exp(-|a|)). logits, tmp, tmp2 (rows, D) (``logits`` is overwritten); x (n, D)."""
+        xp = self.xp
+        (rows, D), n = logits.shape, x.shape[0]
+        logits += b
+        xp.abs(logits, out=tmp)
+        xp.negative(tmp, out=tmp)
+        xp.exp(tmp, out=tmp)
+        xp.log1p(tmp, out=tmp)
+        xp.maximum(logits, 0.0, out=tmp2)
+        tmp += tmp2                                         # softplus(a)
+        a3 = logits.reshape(rows // n, n, D)
+        a3 *= x                                             # x a
+        logits -= tmp
+        xp.add.reduce(logits, axis=1, out=row)
+        log_w += row
+
+    def gaussian_log_likelihood(self, mean, b, x, precision, constant, log_w, tmp, tmp2, row):
+        """log_w += constant - 1/2 sum_j (x_j - m_j)^2 precision_j,  m = mean + b; ``precision``
+        a (D,) vector or a Python float, ``constant`` = -1/2 (sum_j logvar_j + D log 2 pi);
+        mean, tmp (rows, D) (``mean`` is overwritten); x (n, D)."""
+        xp = self.xp
+        (rows, D), n = mean.shape, x.shape[0]
+        mean += b
+        m3 = mean.reshape(rows // n, n, D)
+        m3 -= x
+        xp.multiply(mean, mean, out=tmp)
+        tmp *= precision
+        xp.add.reduce(tmp, axis=1, out=row)
+        row *= -0.5
+        log_w += row
+        log_w += constant
+
     def bias_grad(self, dout, db):
         """db = sum over rows of dout."""
         self.xp.add.reduce(dout, axis=0, out=db)

@@ -18,6 +18,9 @@ class CompiledKernels(ArrayKernels):
         library = self._library(pre)
         if library is not None and pre.ndim == 2:
             rows, cols = pre.shape
+            if (activation == "tanh" and out.ctypes.data == pre.ctypes.data
+                    and library.bias_tanh(out, b)):
+                return out
             if (activation == "relu" and out.ctypes.data == pre.ctypes.data
                     and library.launch("bias_relu", rows, cols, b, out)):
                 return out
@@ -64,6 +67,17 @@ class CompiledKernels(ArrayKernels):
         if total is None:
             return super().bernoulli(logits, x, scale, tmp, tmp2)
         return logits.dtype.type(total)
+
+    # The importance weights of the evaluation (minivae.fast.iwae): one pass each.
+    def iwae_latent(self, mu, sigma, half, eps, z, log_w, tmp, row):
+        library = self._library(mu)
+        if library is None or not library.iwae_latent(mu, sigma, half, eps, z, log_w):
+            super().iwae_latent(mu, sigma, half, eps, z, log_w, tmp, row)
+
+    def bernoulli_log_likelihood(self, logits, b, x, log_w, tmp, tmp2, row):
+        library = self._library(logits)
+        if library is None or not library.bernoulli_log_likelihood(logits, b, x, log_w):
+            super().bernoulli_log_likelihood(logits, b, x, log_w, tmp, tmp2, row)
 
     # The optimizers' updates: one compiled pass over the flat vectors where the library is built
     # for their dtype and they are contiguous, of one dtype and length; else False (the array passes

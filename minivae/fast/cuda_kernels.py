@@ -76,6 +76,19 @@ class CupyKernels(ArrayKernels):
         self.kernel("gaussian_fixed")(x, self._scalar(scale, x), mean.reshape(L, N, D), tmp.reshape(L, N, D))
         return self.xp.sum(tmp)
 
+    def iwae_latent(self, mu, sigma, half, eps, z, log_w, tmp, row):
+        (rows, K), n = eps.shape, mu.shape[0]
+        self.kernel("iwae_latent")(mu, sigma, eps, _int32(n), _int32(K), z, tmp)
+        self.xp.sum(tmp, axis=1, out=row)
+        self.xp.add(row.reshape(rows // n, n), half, out=log_w.reshape(rows // n, n))
+
+    def bernoulli_log_likelihood(self, logits, b, x, log_w, tmp, tmp2, row):
+        n, D = x.shape
+        x = self.xp.ascontiguousarray(x)       # indexed as raw memory
+        self.kernel("bernoulli_log_likelihood")(b, x, _int32(n), _int32(D), logits)
+        self.xp.sum(logits, axis=1, out=row)
+        log_w += row
+
     def bias_grad(self, dout, db):
         self.xp.sum(dout, axis=0, out=db)
 

@@ -47,6 +47,14 @@ CUDA_KERNELS = {
                   "T e = exp(-fabs(l));"
                   " nll = fmax(l, (T)0) + log1p(e) - x * l;"
                   " l = scale * ((l >= (T)0 ? (T)1 : e) / ((T)1 + e) - x);"),
+    # the evaluation's importance weights (minivae.fast.iwae) over (rows, .) blocks: row r is a
+    # sample of example r % n_x; the CUDA path sums each row of the per-entry terms afterwards
+    "iwae_latent": ("raw T mu, raw T sigma, T eps, int32 n_x, int32 K", "T z, T term",
+                    "long long r = i / K, e = (r % n_x) * K + (i - r * K);"
+                    " T v = mu[e] + sigma[e] * eps; z = v; term = (T)0.5 * (eps * eps - v * v);"),
+    "bernoulli_log_likelihood": ("T b, raw T x, int32 n_x, int32 D", "T l",
+                                 "long long r = i / D; T a = l + b;"
+                                 " l = x[(r % n_x) * D + (i - r * D)] * a - (fmax(a, (T)0) + log1p(exp(-fabs(a))));"),
     "gaussian_fixed": ("T x, T scale", "T r, T sq", "r = r - x; sq = r * r; r = scale * r;"),
     "adam": ("T g, T beta1, T beta2, T step_size, T eps_hat", "T p, T s, T r",
              "s = beta1 * s + g;"
@@ -159,6 +167,7 @@ SCALAR_PARAMS = {
     "bias_leaky_relu": ("slope",), "leaky_relu_backward": ("slope",),
     "reparameterize_kl": ("L", "NK"), "reparameterize_kl_backward": ("L", "NK", "c"),
     "bernoulli": ("scale",), "gaussian_fixed": ("scale",),
+    "iwae_latent": ("n_x", "K"), "bernoulli_log_likelihood": ("n_x", "D"),
     "adam": ("beta1", "beta2", "step_size", "eps_hat"),
     "sgd": ("lr",), "sgd_momentum": ("lr", "momentum", "nesterov"),
 }

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minivae.backend import to_numpy
+from minivae.fast.iwae import FusedIWAE, iwae_unsupported_reason
 from minivae.ops.latent import kl_per_dimension
 from minivae.ops.numerics import logsumexp_update, logsumexp_value
 
@@ -93,13 +94,19 @@ def iwae_chunks(n_examples, k, batch_rows):
 
 
 def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=True,
-               desc=None) -> IWAEResult:
+               desc=None, fused=True, threads="auto") -> IWAEResult:
     """IWAE_k for each row of ``x (N, D)``: a lower bound on log p(x) that tightens as k grows.
 
     Works through ``N k`` decoder passes in calls of ``batch_rows`` rows (default: the backend's
     ``default_batch_rows``, 8,192 on the CPU, 65,536 on a GPU); shows a progress bar over the
     samples when ``progress``. The noise is seeded (``seed`` or ``random``), so a result is
     reproducible for a given ``batch_rows``.
+
+    The log-weights of a call come from :class:`minivae.fast.iwae.FusedIWAE` (encoder once per
+    call, the decoder in preallocated blocks with fused passes; ``threads`` as there) where it
+    supports the model (:func:`minivae.fast.iwae.iwae_unsupported_reason`) and ``fused``; else
+    from the reference ``model.log_importance_weights``. Both draw the same noise, so they agree
+    to the dtype's rounding.
     """
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -109,6 +116,8 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
     batch_rows = batch_rows or model.backend.default_batch_rows
     examples_per_call, samples_per_call = iwae_chunks(N, k, batch_rows)
     log_px, elbo = xp.zeros(N, dtype=xp.float64), xp.zeros(N, dtype=xp.float64)
+    engine = FusedIWAE(model, threads=threads) if fused and iwae_unsupported_reason(model) is None else None
+    noise = {}                                      # (count, n, K) -> its buffer (at most 3 shapes)
     bar = _progress_bar(progress, total=N * k, unit="sample", unit_scale=True,
                         desc=desc or f"IWAE-{k}", smoothing=0.05)
     began = time.perf_counter()
@@ -117,8 +126,14 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
         n = xb.shape[0]
         for first in range(0, k, samples_per_call):
             count = min(samples_per_call, k - first)
-            eps = random.normal((count, n, K), model.dtype)
-            log_w = model.log_importance_weights(xb, eps).astype(xp.float64)     # (count, n)
+            shape = (count, n, K)
+            if shape not in noise:                  # drawn into a buffer: no fresh pages per call
+                noise[shape] = xp.empty(shape, dtype=model.dtype)
+            eps = random.normal(shape, model.dtype, out=noise[shape])
+            if engine is not None:
+                log_w = engine.log_weights(xb, eps)                                 # (count, n)
+            else:
+                log_w = model.log_importance_weights(xb, eps).astype(xp.float64)
             if first == 0:
                 state, sum_log_w = logsumexp_update(log_w), log_w.sum(axis=0)
             else:

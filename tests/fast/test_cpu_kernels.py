@@ -205,3 +205,24 @@ def test_the_step_with_compiled_passes_tracks_the_array_passes(threads, monkeypa
         runs.append((np.array(losses), model.params.flat.copy()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_bias_tanh_to_float32_precision_over_the_whole_range():
+    """The vectorized tanh (1 - e) / (1 + e), e = exp(-2|x|) with 1 - e formed without
+    cancellation: within 2 float32 ulps of the float64 tanh of the float32 sum, for tiny, small,
+    large and huge arguments (and exact zeros, signs, saturation); float64 arrays are left to NumPy."""
+    compiled_or_skip(np.float32)
+    rng = np.random.default_rng(1)
+    values = np.concatenate([np.linspace(-30, 30, 100_001), rng.standard_normal(10_000) * 1e-3,
+                             np.logspace(-38, 1, 2000), -np.logspace(-38, 1, 2000), [0.0, -0.0, 1e30, -1e30]])
+    values = values[:values.size // 4 * 4]
+    h = values.astype(np.float32).reshape(4, -1)
+    b = rng.standard_normal(h.shape[1]).astype(np.float32) * 1e-6
+    expected = np.tanh((h + b).astype(np.float64))     # of the float32 sum the kernel takes
+    library = cpu_library.get(np.float32)
+    with np.errstate(all="raise"):
+        assert library.bias_tanh(h, b)
+    assert np.all(np.abs(h - expected) <= 2 * np.spacing(np.abs(expected).astype(np.float32)))
+    assert np.all(np.abs(h) <= 1.0)
+    assert cpu_library.get(np.float64) is None or not cpu_library.get(np.float64).bias_tanh(
+        np.zeros((2, 3)), np.zeros(3))

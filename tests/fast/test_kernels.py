@@ -351,6 +351,23 @@ def test_cuda_kernels_drive_the_step_like_the_reference(host_library, arch, L):
     close(fast_model.params.flat, ref_model.params.flat)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: f"{a[1]}-{a[2]}-{a[3]}")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_kernels_compute_the_importance_weights_like_the_reference(host_library, arch, dtype):
+    """minivae.fast.iwae driven by CupyKernels (the CUDA bodies compiled for the CPU)."""
+    from minivae.fast.iwae import FusedIWAE
+    hidden, activation, likelihood, variance = arch
+    model = minivae.VAE(6, hidden, 3, likelihood=likelihood, activation=activation, dtype=dtype,
+                        seed=3, decoder_variance=variance)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.05, 0.95, (2, 6)).astype(dtype)
+    eps = rng.standard_normal((5, 2, 3)).astype(dtype)
+    engine = FusedIWAE(model, block_rows=4, threads=1)
+    engine.kernels = HostCupyKernels(host_library)
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    close(engine.log_weights(x, eps), model.log_importance_weights(x, eps), rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("make", [lambda p: minivae.Adam(p, lr=0.01, betas=(0.8, 0.99)),
                                   lambda p: minivae.SGD(p, lr=0.1),
