@@ -41,7 +41,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The content of ``path``, decompressed if it is gzip (recognised by its magic bytes)."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:   # missing, a folder, unreadable
+        raise IDXError(f"{path}: cannot be read ({error.strerror or error})") from error
     if data[:2] != GZIP_MAGIC:
         return data
     try:
