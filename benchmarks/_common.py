@@ -28,13 +28,14 @@ if REPO not in sys.path:
 MODEL = dict(input_dim=784, hidden=400, latent=20)   # the PyTorch examples/vae architecture
 PIXEL_MEAN = 0.13                                      # binarised-MNIST-like synthetic data
 
-# workers: name -> (implementations it times, whether it needs a GPU)
+# workers: name -> the implementations it times
 WORKERS = {
     "numpy": ("minivae-numpy", "gemm-numpy", "gemm-numpy-split"),
     "cupy": ("minivae-cupy", "gemm-cupy"),
     "torch-cpu": ("torch-cpu", "gemm-torch-cpu"),
     "torch-cuda": ("torch-cuda", "gemm-torch-cuda"),
 }
+GPU_WORKERS = ("cupy", "torch-cuda")   # timed with CUDA events on the device
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,20 +200,50 @@ class TorchVAE:
         return loss.detach()
 
 
+class EventTimer:
+    """Times a block of GPU work with CUDA events on the current stream: the device's time from the
+    start event to the end event (ms resolution ~0.5 us), read after the end event completes."""
+
+    def __init__(self, worker):
+        if worker == "cupy":
+            import cupy
+            self.event = cupy.cuda.Event                                      # timing enabled
+            self.elapsed_ms = cupy.cuda.get_elapsed_time
+        else:
+            import torch
+            self.event = lambda: torch.cuda.Event(enable_timing=True)        # noqa: E731
+            self.elapsed_ms = lambda start, end: start.elapsed_time(end)     # noqa: E731
+
+    def start(self):
+        event = self.event()
+        event.record()
+        return event
+
+    def seconds_since(self, start):
+        end = self.event()
+        end.record()
+        end.synchronize()
+        return self.elapsed_ms(start, end) / 1e3
+
+
 class Worker:
     """Runs in the child process: builds one framework's implementations and times them."""
 
     def __init__(self, name, tf32=False, threads="auto"):
         self.name, self.impls, self.tf32, self.threads = name, {}, tf32, threads
-        self.device = "cuda" if name in ("cupy", "torch-cuda") else "cpu"
+        self.device = "cuda" if name in GPU_WORKERS else "cpu"
         if name == "torch-cpu" or name == "torch-cuda":
             import torch
             self.torch = torch
             if name == "torch-cuda":
                 torch.backends.cuda.matmul.allow_tf32 = tf32
                 torch.backends.cudnn.allow_tf32 = tf32
-        if name == "cupy" and not tf32:
-            os.environ.pop("CUPY_TF32", None)
+        if name == "cupy":   # read when CuPy is imported, which is after this in the worker
+            if tf32:
+                os.environ["CUPY_TF32"] = "1"
+            else:
+                os.environ.pop("CUPY_TF32", None)
+        self.timer = EventTimer(name) if name in GPU_WORKERS else None
 
     # -- info
     def info(self):
@@ -237,13 +268,21 @@ class Worker:
             out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
             if self.name == "torch-cuda":
                 out["gpu"] = torch.cuda.get_device_name()
+                out["torch_cuda"] = torch.version.cuda
                 out["tf32"] = torch.backends.cuda.matmul.allow_tf32
         if self.name == "cupy":
             import cupy
             out["cupy"] = cupy.__version__
             props = cupy.cuda.runtime.getDeviceProperties(0)
             out["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            out["compute_capability"] = cupy.cuda.Device(0).compute_capability
+            out["multiprocessors"] = props.get("multiProcessorCount")
+            out["gpu_memory_gib"] = round(props.get("totalGlobalMem", 0) / 2 ** 30, 1)
             out["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+            out["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+            out["tf32"] = os.environ.get("CUPY_TF32") == "1"
+        if self.device == "cuda":
+            out["timing"] = "CUDA events around each block (warm-up steps first, synchronised before the start)"
         return out
 
     # -- setup
@@ -307,16 +346,20 @@ class Worker:
         self.sync()
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
+        start = self.timer.start() if self.timer is not None else None
         for _ in range(steps):
             fn()
+        device_seconds = self.timer.seconds_since(start) if self.timer is not None else None
         self.sync()
-        elapsed = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        elapsed = wall if device_seconds is None else device_seconds
         usage = resource.getrusage(resource.RUSAGE_SELF)
         faults = usage.ru_minflt - usage0.ru_minflt
         # wall and CPU time of the whole call (warm-up included), to compare with the machine's
         # busy time over the same call (see other_load)
         call_cpu = (usage.ru_utime + usage.ru_stime) - (call_usage0.ru_utime + call_usage0.ru_stime)
-        return {"seconds_per_step": elapsed / steps, "faults_per_step": faults / steps,
+        return {"seconds_per_step": elapsed / steps, "wall_seconds_per_step": wall / steps,
+                "faults_per_step": faults / steps,
                 "seconds": time.perf_counter() - call_t0, "cpu_seconds": call_cpu,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "device_pool_bytes": self.pool_bytes()}

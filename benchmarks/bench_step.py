@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on the GPU")
     parser.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
                         help="minivae's TrainStep(threads=...) on NumPy (default auto: two threads)")
+    parser.add_argument("--max-cpu-batch", type=int, default=None,
+                        help="CPU workers skip larger batch sizes (the GPU's large batches)")
     parser.add_argument("--out-dir", default=os.path.join(common.HERE, "results"))
     parser.add_argument("--name", default="step_cpu", help="output file stem")
     parser.add_argument("--smoke", action="store_true",
@@ -60,22 +62,30 @@ def parse_args(argv=None):
     return args
 
 
-def run(args, argv_for_record):
+def run(args, argv_for_record, on_row=None):
+    """Time every batch size; ``on_row(record)`` after each one (the partial record)."""
     names, skipped = common.available_workers(args.workers)
     record = common.new_record(
         "step", argv_for_record, skipped,
         model=dict(common.MODEL, likelihood="bernoulli", activation="relu", dtype="float32",
                    optimizer="Adam(lr=1e-3)"),
         settings={k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
-                                                "threads", "smoke", "max_other_load", "max_retries")})
+                                                "threads", "smoke", "max_other_load", "max_retries",
+                                                "max_cpu_batch")})
+    record["complete"] = False
     threads = args.threads if args.threads == "auto" else int(args.threads)
     with common.open_workers(names, args.tf32, record, threads=threads) as handles:
         for N in args.batch_sizes:
             row = {"batch": N, "impls": {}}
             steps = {}
             for name, handle in handles.items():
+                if (args.max_cpu_batch is not None and N > args.max_cpu_batch
+                        and name not in common.GPU_WORKERS):
+                    continue
                 for impl, seconds in handle.call("setup", N, args.warmup).items():
                     steps[impl] = (handle, max(2, int(args.block_seconds / max(seconds, 1e-6))))
+            if not steps:   # every worker skips this size (--max-cpu-batch, no GPU)
+                continue
             samples = {impl: [] for impl in steps}
             rejected = {impl: [] for impl in steps}
             for r in range(args.repeats):
@@ -100,6 +110,7 @@ def run(args, argv_for_record):
                 loads = [b["other_load"] for b in blocks if b["other_load"] is not None]
                 row["impls"][impl] = {
                     "median_s": common.median(times), "min_s": min(times), "q1_s": q1, "q3_s": q3,
+                    "wall_median_s": common.median([b["wall_seconds_per_step"] for b in blocks]),
                     "steps_per_block": steps[impl][1], "blocks": len(times),
                     "faults_per_step": common.median([b["faults_per_step"] for b in blocks]),
                     "peak_rss_mib": max(b["peak_rss_mib"] for b in blocks),
@@ -110,6 +121,9 @@ def run(args, argv_for_record):
             row["ratios"] = ratios(row["impls"])
             record["results"].append(row)
             print(summary_line(row), flush=True)
+            if on_row is not None:
+                on_row(record)
+    record["complete"] = True
     return record
 
 
@@ -144,7 +158,7 @@ def summary_line(row):
 def crossover(record):
     """The smallest batch from which minivae on the GPU is faster than on the CPU (None: never /
     no GPU)."""
-    for row in record["results"]:
+    for row in sorted(record["results"], key=lambda r: r["batch"]):
         speedup = row["ratios"].get("speedup minivae-cupy vs minivae-numpy")
         if speedup is not None and speedup >= 1.0:
             return row["batch"]
@@ -152,7 +166,7 @@ def crossover(record):
 
 
 def markdown(record):
-    rows = record["results"]
+    rows = sorted(record["results"], key=lambda r: r["batch"])
     impls = [i for i in ("minivae-numpy", "torch-cpu", "gemm-numpy", "gemm-numpy-split",
                          "gemm-torch-cpu", "minivae-cupy", "torch-cuda", "gemm-cupy", "gemm-torch-cuda")
              if any(i in r["impls"] for r in rows)]
@@ -214,7 +228,7 @@ def plot(record, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = record["results"]
+    rows = sorted(record["results"], key=lambda r: r["batch"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"minivae-numpy": ("C0", "-", "o"), "torch-cpu": ("C1", "-", "s"),
               "gemm-numpy": ("C0", ":", None), "gemm-numpy-split": ("C4", ":", None),
@@ -274,11 +288,17 @@ def plot(record, path):
     plt.close(fig)
 
 
+def write_json(record, path):
+    """Write ``record`` as JSON atomically (a reader never sees half a file)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def write_outputs(record, args):
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, args.name)
-    with open(stem + ".json", "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(record, stem + ".json")
     with open(stem + ".md", "w") as f:
         f.write(markdown(record))
     if not args.no_plot:
@@ -292,7 +312,9 @@ def command_line():
 
 def main(argv=None):
     args = parse_args(argv)
-    record = run(args, command_line())
+    os.makedirs(args.out_dir, exist_ok=True)
+    partial = os.path.join(args.out_dir, args.name + ".json")   # rewritten after every batch size
+    record = run(args, command_line(), on_row=lambda record: write_json(record, partial))
     stem = write_outputs(record, args)
     print(f"wrote {stem}.json, {stem}.md" + ("" if args.no_plot else f", {stem}.png"))
     return record

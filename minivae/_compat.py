@@ -30,6 +30,9 @@ OLD_PATHS = {
     "study_plots": ("minivae.plots.study",),
 }
 
+# names renamed by the redesign: old path -> {old name: new name}
+RENAMED = {"kernels": {"ACTIVATIONS": "KERNEL_ACTIVATIONS"}}
+
 
 def install(package) -> None:
     """Register every old path in ``sys.modules`` and as an attribute of ``package`` (minivae)."""
@@ -41,6 +44,8 @@ def install(package) -> None:
             alias = types.ModuleType(f"minivae.{old}", f"Old path of {', '.join(new_paths)}.")
             for module in modules:
                 alias.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+            for old_name, new_name in RENAMED.get(old, {}).items():
+                setattr(alias, old_name, getattr(alias, new_name))
         sys.modules[f"minivae.{old}"] = alias
         if not hasattr(package, old):
             setattr(package, old, alias)

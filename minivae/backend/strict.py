@@ -11,17 +11,36 @@ arrays apart from NumPy's:
 * :func:`asarray` accepts NumPy arrays: that is the explicit host -> device copy (as ``cupy.asarray``).
 
 Python scalars and NumPy scalars (``numpy.float32(1.0)``) mix freely, as with CuPy; ``float(a)`` on a
-one-element array is allowed (CuPy allows it too, at the cost of a device synchronisation).
+one-element array is allowed (CuPy allows it too, at the cost of a device synchronisation). Every
+such read of a device array by the host (``float``, ``int``, ``bool``, ``item``, an array used as an
+index, ``get``/:func:`asnumpy`) is counted: :func:`host_reads` says how many so far, so that a test
+can bound the synchronisations of a training loop (on a GPU each one waits for the device).
 
 Library code that passes its test suite on this backend does not convert or mix arrays implicitly,
 which is exactly what breaks on a real GPU.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as _np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-__all__ = ["ndarray", "asarray", "asnumpy"]
+__all__ = ["ndarray", "asarray", "asnumpy", "host_reads"]
+
+_reads = [0]
+_reads_lock = threading.Lock()
+
+
+def host_reads():
+    """How many times the host has read a strict array's values so far (float(), int(), bool(),
+    item(), an array as an index, get(), asnumpy()): each would be a device synchronisation on a GPU."""
+    return _reads[0]
+
+
+def _count_read():
+    with _reads_lock:
+        _reads[0] += 1
 
 
 def _mixing_error(what):
@@ -114,15 +133,19 @@ class ndarray(NDArrayOperatorsMixin):
         self._data[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
 
     def __float__(self):
+        _count_read()
         return float(self._data)
 
     def __int__(self):
+        _count_read()
         return int(self._data)
 
     def __bool__(self):
+        _count_read()
         return bool(self._data)
 
     def __index__(self):
+        _count_read()
         return self._data.__index__()
 
     def __repr__(self):
@@ -138,10 +161,12 @@ class ndarray(NDArrayOperatorsMixin):
         raise TypeError("tolist() copies a device array to the host; use minivae.to_numpy(...) first")
 
     def item(self, *args):
+        _count_read()
         return self._data.item(*args)
 
     def get(self):
         """The explicit device -> host copy, as ``cupy.ndarray.get``."""
+        _count_read()
         return self._data.copy()
 
     def __getattr__(self, name):
@@ -171,6 +196,7 @@ array = asarray
 def asnumpy(a):
     """Device -> host copy, as ``cupy.asnumpy``."""
     if isinstance(a, ndarray):
+        _count_read()
         return a._data.copy()
     return _np.asarray(a)
 

@@ -35,7 +35,8 @@ Scalars are Python floats: NumPy 2 keeps float32 arrays float32 then.
 from __future__ import annotations
 
 LEAKY_RELU_SLOPE = 0.01  # the default of minivae.ops.layers.leaky_relu_forward
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+# the activations these kernels implement (by name; the engine maps them to the registered objects)
+KERNEL_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 # activations whose derivative needs the pre-activation; the others use their output
 NEEDS_PREACTIVATION = ("leaky_relu", "softplus")
 # Entries per block of the BCE passes: the block's buffers stay in the cache for all its passes,

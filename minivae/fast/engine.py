@@ -43,7 +43,7 @@ PARTS = 2  # row ranges that may run at the same time (each has its own small sc
 # The activations that have fused kernels (bias + activation, derivative), as the registered
 # objects -> whether the derivative needs the pre-activation (else the layer's output suffices).
 FUSED_ACTIVATIONS = {ACTIVATIONS[name]: name in array_kernels.NEEDS_PREACTIVATION
-                     for name in array_kernels.ACTIVATIONS}
+                     for name in array_kernels.KERNEL_ACTIVATIONS}
 
 
 class FusedLikelihood:

@@ -29,15 +29,16 @@ CUDA_KERNELS = {
     "softplus_backward": ("T pre", "T dh",
                           "T e = exp(-fabs(pre)); dh = dh * (pre >= (T)0 ? (T)1 : e) / ((T)1 + e);"),
     # over (N, K); the L samples of eps and z are (L, N, K) contiguous: sample l at l * NK + i
+    # (l is 64-bit, so that l * NK cannot overflow where L N K >= 2^31; i is 64-bit in CuPy too)
     "reparameterize_kl": (
         "T mu, T logvar, raw T eps, int32 L, int32 NK", "T kl, raw T z",
         "T sigma = exp(logvar * (T)0.5);"
-        " for (int l = 0; l < L; ++l) z[l * NK + i] = mu + sigma * eps[l * NK + i];"
+        " for (long long l = 0; l < L; ++l) z[l * NK + i] = mu + sigma * eps[l * NK + i];"
         " kl = (T)0.5 * (mu * mu + exp(logvar) - logvar - (T)1);"),
     "reparameterize_kl_backward": (
         "T mu, T logvar, raw T dz, raw T eps, int32 L, int32 NK, T c", "T dmu, T dlogvar",
         "T sum_dz = 0, sum_dz_eps = 0;"
-        " for (int l = 0; l < L; ++l) { T d = dz[l * NK + i]; sum_dz += d; sum_dz_eps += d * eps[l * NK + i]; }"
+        " for (long long l = 0; l < L; ++l) { T d = dz[l * NK + i]; sum_dz += d; sum_dz_eps += d * eps[l * NK + i]; }"
         " T sigma = exp(logvar * (T)0.5);"
         " dmu = sum_dz + c * mu;"
         " dlogvar = (T)0.5 * sigma * sum_dz_eps + (T)0.5 * c * (exp(logvar) - (T)1);"),

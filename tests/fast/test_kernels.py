@@ -11,14 +11,16 @@
    ``forward_backward`` and the reference optimizer updates.
 """
 import ctypes
+import re
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from backend_selection import TEST_BACKENDS
 
 import minivae
-from minivae.backend import cupy_gpu_available
+from minivae.backend import strict
 from minivae.fast import array_kernels, cpu_library, sources
 from minivae.fast.array_kernels import ArrayKernels
 from minivae.fast.cpu_kernels import CompiledKernels
@@ -43,8 +45,9 @@ def arrays(backend, *shapes, seed=0, scale=2.0):
 
 # --- 1. array kernels vs the readable ops ---------------------------------------------------------
 
-KERNEL_CASES = [("numpy", "array"), ("numpy", "compiled"), ("strict", "array")] + \
-    ([("cupy", "array")] if cupy_gpu_available() else [])
+# the array operations on every selected backend, and on NumPy also the compiled CPU kernels
+KERNEL_CASES = [(name, kind) for name in TEST_BACKENDS
+                for kind in (("array", "compiled") if name == "numpy" else ("array",))]
 
 
 @pytest.fixture(params=KERNEL_CASES, ids=lambda case: "-".join(case))
@@ -59,7 +62,7 @@ def backend_kernels(request):
     return backend, CompiledKernels(backend.xp)
 
 
-@pytest.mark.parametrize("activation", array_kernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", array_kernels.KERNEL_ACTIVATIONS)
 def test_bias_activation_and_backward(backend_kernels, activation):
     backend, k = backend_kernels
     xp = backend.xp
@@ -227,7 +230,7 @@ def test_every_cupy_kernel_is_used_by_a_method():
     source = inspect.getsource(CupyKernels)
     for name in sources.CUDA_KERNELS:
         stem = name.split("_backward")[0].replace("bias_", "")
-        assert f'"{name}"' in source or stem in array_kernels.ACTIVATIONS, name
+        assert f'"{name}"' in source or stem in array_kernels.KERNEL_ACTIVATIONS, name
 
 
 # --- 3. the CUDA formulas, compiled for the CPU ------------------------------------------------------
@@ -369,3 +372,160 @@ def test_cuda_optimizer_kernels_match_the_array_update(host_library, dtype, make
     close(a.flat, b.flat, rtol=tol, atol=tol)
     for name in opt_a.state:
         close(opt_a.state[name], opt_b.state[name], rtol=tol, atol=tol)
+
+
+# --- 4. every launch passes what its kernel declares ---------------------------------------------------
+
+class RecordingCupy:
+    """The array module of the ``strict-cuda`` backend: the strict stand-in's functions, and an
+    ``ElementwiseKernel`` that checks each launch against its kernel's signature, records it, and
+    runs it through the host-compiled CUDA formulas."""
+
+    def __init__(self, libraries):
+        self.libraries, self.launches, self.built = libraries, [], []
+        recorder = self
+
+        class ElementwiseKernel:
+            def __init__(self, in_params, out_params, operation, name, **kwargs):
+                assert name.startswith("minivae_"), name
+                self.kernel = name[len("minivae_"):]
+                assert (in_params, out_params, operation) == sources.CUDA_KERNELS[self.kernel][:3]
+                recorder.built.append(self.kernel)
+
+            def __call__(self, *args):
+                recorder.launches.append((self.kernel, check_launch(self.kernel, args)))
+                host = [a._data if isinstance(a, strict.ndarray) else a for a in args]   # device memory
+                _HostDispatch(recorder.libraries, self.kernel)(*host)
+
+        self.ElementwiseKernel = ElementwiseKernel
+
+    def __getattr__(self, name):
+        return getattr(strict, name)
+
+
+def check_launch(name, args):
+    """Assert that ``args`` match kernel ``name``'s parameters as CuPy binds them: arrays of the
+    backend (one dtype T) where the kernel takes arrays, raw arrays C-contiguous, outputs of the
+    launch's full shape, and every scalar a NumPy scalar of exactly its parameter's type (T: the
+    arrays' dtype; int32: numpy.int32). A Python float would reach a RawKernel as a double and an
+    int as a 64-bit integer; a numpy.float64 scalar with float32 arrays is a type mismatch for T.
+    Returns the dtype T."""
+    in_params, out_params, _ = sources.CUDA_KERNELS[name]
+    params = [("in", *p) for p in sources.kernel_params(in_params)] + \
+             [("out", *p) for p in sources.kernel_params(out_params)]
+    assert len(args) == len(params), (name, len(args), len(params))
+    scalars = sources.SCALAR_PARAMS.get(name, ())
+    arrays = [a for (_, _, pname, _), a in zip(params, args) if pname not in scalars]
+    assert all(isinstance(a, strict.ndarray) for a in arrays), (name, [type(a) for a in arrays])
+    T = arrays[0].dtype
+    assert T in (np.float32, np.float64) and all(a.dtype == T for a in arrays), (name, [a.dtype for a in arrays])
+    shape = np.broadcast_shapes(*(a.shape for (_, _, pname, raw), a in zip(params, args)
+                                  if pname not in scalars and not raw))
+    for (kind, ctype, pname, raw), a in zip(params, args):
+        if pname in scalars:
+            expected = T.type if ctype == "T" else np.dtype(ctype).type
+            assert type(a) is expected, \
+                f"{name}: {pname} is a {type(a).__name__}, the kernel takes {ctype} = {expected.__name__}"
+        elif raw:
+            assert a.flags.c_contiguous, (name, pname)
+        elif kind == "out":
+            assert a.shape == shape, (name, pname, a.shape, shape)
+    return T
+
+
+@pytest.fixture
+def strict_cuda(host_library):
+    """A backend with CuPy's capabilities and kernels (``kernel_family = "cuda"``) on the strict
+    stand-in's arrays: the whole CuPy code path of the fast step and the optimizers, on the CPU,
+    every launch checked (:func:`check_launch`). Its noise is NumPy's generator, copied in."""
+    from minivae.backend import Random, register_backend, unregister_backend
+    from minivae.backend.base import Backend
+    from minivae.backend.cupy_backend import CupyBackend
+    from minivae.backend.strict_backend import StrictBackend
+    xp = RecordingCupy(host_library)
+
+    class StrictCuda(CupyBackend):
+        name = "strict-cuda"
+        draws_into_out = False
+        owns, to_host = StrictBackend.owns, StrictBackend.to_host
+
+        def __init__(self):
+            Backend.__init__(self)   # no GPU to look for
+
+        @staticmethod
+        def array_module():
+            return xp
+
+        def random(self, seed=None):
+            return Random(self, seed)
+
+        def synchronize(self):
+            pass
+
+    register_backend(StrictCuda)
+    try:
+        yield minivae.get_backend("strict-cuda")
+    finally:
+        unregister_backend("strict-cuda")
+
+
+OPTIMIZERS = {"adam": lambda p: minivae.Adam(p, lr=0.01), "sgd": lambda p: minivae.SGD(p, lr=0.1),
+              "momentum": lambda p: minivae.SGD(p, lr=0.1, momentum=0.9),
+              "nesterov": lambda p: minivae.SGD(p, lr=0.1, momentum=0.9, nesterov=True)}
+OPTIMIZER_KERNEL = {"adam": "adam", "sgd": "sgd", "momentum": "sgd_momentum", "nesterov": "sgd_momentum"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda a: f"{a[1]}-{a[2]}-{a[3]}")
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_every_cuda_launch_passes_its_kernels_types(strict_cuda, arch, dtype, optimizer):
+    """Training steps on the CuPy code path: every launch matches its kernel's signature, each
+    kernel object is built once (CuPy then compiles it once per dtype and caches it, on disk too),
+    nothing is read on the host, and the result is the NumPy backend's."""
+    hidden, activation, likelihood, variance = arch
+    make = lambda backend: minivae.VAE(6, hidden, 3, likelihood=likelihood, activation=activation,  # noqa: E731
+                                       dtype=dtype, seed=3, decoder_variance=variance, backend=backend)
+    model, reference = make(strict_cuda), make("numpy")
+    step = TrainStep(model, OPTIMIZERS[optimizer](model.params), n_samples=2)
+    reference_step = TrainStep(reference, OPTIMIZERS[optimizer](reference.params), n_samples=2, threads=1)
+    x = np.random.default_rng(5).uniform(0.05, 0.95, (5, 6)).astype(dtype)
+    xp = strict_cuda.xp
+    built_before = len(xp.built)
+    step(strict_cuda.to_device(x), beta=0.6)
+    launched = {name for name, _ in xp.launches}
+    reads = strict.host_reads()
+    for _ in range(3):
+        terms = step(strict_cuda.to_device(x), beta=0.6)
+    assert strict.host_reads() == reads          # nothing read on the host
+    for _ in range(4):
+        reference_terms = reference_step(x, beta=0.6)
+    assert OPTIMIZER_KERNEL[optimizer] in launched and "reparameterize_kl" in launched
+    assert {T for _, T in xp.launches} == {np.dtype(dtype)}
+    assert len(xp.built) - built_before <= len(launched) and len(set(xp.built)) == len(xp.built)
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    close(terms.loss, reference_terms.loss, rtol=tol, atol=tol)
+    close(model.params.flat, reference.params.flat, rtol=tol, atol=tol)
+
+
+def test_a_python_scalar_or_a_wider_scalar_is_caught():
+    """What :func:`check_launch` refuses: the mistakes that CuPy would pass on silently."""
+    b, h = strict.asarray(np.zeros(3, np.float32)), strict.asarray(np.zeros((2, 3), np.float32))
+    assert check_launch("bias_leaky_relu", (b, np.float32(0.01), h.copy(), h)) == np.float32
+    for slope in (0.01, np.float64(0.01)):
+        with pytest.raises(AssertionError, match="slope"):
+            check_launch("bias_leaky_relu", (b, slope, h.copy(), h))
+    mu = strict.asarray(np.zeros((2, 3), np.float32))
+    eps = strict.asarray(np.zeros((1, 2, 3), np.float32))
+    with pytest.raises(AssertionError, match="NK"):
+        check_launch("reparameterize_kl", (mu, mu, eps, np.int32(1), 6, mu.copy(), eps.copy()))
+
+
+def test_loops_over_samples_count_in_64_bits():
+    """A loop over the L samples indexes ``l * NK + i``: with an ``int`` counter the product wraps
+    where L N K >= 2^31 (CuPy's ``i`` is 64-bit already). Every loop counter in the CUDA sources is
+    ``long long`` (docs/gpu.md, the CuPy review)."""
+    from minivae.fast.sources import CUDA_KERNELS
+    loops = [(name, loop) for name, (_, _, body) in CUDA_KERNELS.items()
+             for loop in re.findall(r"for \((\w[\w ]*?) \w+ =", body)]
+    assert loops, "the reparameterization kernels loop over the samples"
+    assert [(name, counter) for name, counter in loops if counter != "long long"] == []
