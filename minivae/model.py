@@ -355,7 +355,9 @@ class VAE:
         x = self.check_x(x)
         N = x.shape[0]
         beta = check_beta(beta)
-        eps = check_eps(self.draw_eps(N, n_samples) if eps is None else eps, self, N)
+        # noise drawn here is (L, N, K), C order and finite: only a caller's eps is checked (its
+        # values cost two host reads, which a GPU step must not pay)
+        eps = self.draw_eps(N, n_samples) if eps is None else check_eps(eps, self, N)
 
         forward = self._forward(x, eps)
         encoder_cache, reparameterize_cache, decoder_cache, nll_cache, kl_cache = forward.caches

@@ -151,12 +151,15 @@ def test_train_step_with_value_checks_refuses_or_is_finite(call, threads):
 
 
 @settings(max_examples=60, deadline=DEADLINE, derandomize=True, database=None)
-@given(st.one_of(st.integers(-3, 6), st.floats(allow_nan=True, allow_infinity=True), st.none(),
-                 st.booleans(), st.text(max_size=3)),
+@given(st.one_of(st.integers(-3, 6), st.floats(-3, 6), st.sampled_from([math.nan, math.inf, -math.inf]),
+                 st.none(), st.booleans(), st.text(max_size=3)),
        st.lists(st.one_of(st.integers(-2, 6), st.floats(-2, 6)), max_size=3),
        st.sampled_from(["float32", "float64", "float16", "int8", None, "x"]),
        st.sampled_from(["numpy", "strict", "nope", None, ""]))
 def test_construction_refuses_or_builds_a_working_model(latent_dim, hidden, dtype, backend):
+    """Sizes stay small: a float such as 1e9 is an integral, valid latent_dim, and that model
+    allocates what it asks for, gigabytes (the suite's worker was killed for memory when any
+    float could be drawn)."""
     try:
         model = minivae.VAE(D, hidden, latent_dim, dtype=dtype, backend=backend, seed=0)
     except (InputError, ValueError) as error:

@@ -101,7 +101,7 @@ def test_bad_backend_names(backend):
     assert minivae.get_backend().name == "numpy"            # the process default is unchanged
 
 
-@pytest.mark.skipif(cupy_gpu_available(), reason="a GPU is present: CuPy runs")
+@pytest.mark.skipif(cupy_gpu_available(), reason="this machine has a GPU: CuPy runs")
 def test_cupy_without_a_gpu_says_why():
     with pytest.raises(BackendUnavailableError, match="backend 'cupy' was requested but"):
         minivae.VAE(6, [5], 2, backend="cupy")
