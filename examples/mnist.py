@@ -29,6 +29,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from minivae.training.data import (DATASETS, PREPROCESSING, DataError, binarize_
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
 from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, derive_seed
 
+FLOATING_POINT_WARNINGS = r"(overflow|underflow|invalid value|divide by zero) encountered"
 TEST_BINARIZATION_SEED = 20160200   # the one Bernoulli draw of the test set under --binarize dynamic
 SMOKE = {"subset": 1000, "test_subset": 500, "epochs": 2, "iwae_k": 20, "batch_size": 100}
 # options that may change when a run is resumed; all others must match the checkpoint, and
@@ -144,9 +146,11 @@ def resolve_run(parser, argv):
     if args.resume:
         path = Path(args.out) / "checkpoint.npz"
         _, meta = load_checkpoint(path)
-        saved = meta.get("metadata", {}).get("run")
+        metadata = meta.get("metadata")
+        saved = metadata.get("run") if isinstance(metadata, dict) else None
         if saved is None:
             raise CheckpointError(f"{path} was not written by examples/mnist.py; nothing to resume")
+        check_saved_run(parser, saved, path)
         conflicts = [name for name in explicit - RESUME_FREE
                      if name in saved and saved[name] != getattr(args, name)]
         if conflicts:
@@ -157,6 +161,39 @@ def resolve_run(parser, argv):
             if name not in explicit and name not in ("resume", "out"):
                 setattr(args, name, value)
     return args
+
+
+def check_saved_run(parser, saved, path) -> None:
+    """Refuse the run configuration stored in a checkpoint unless every value is one its flag
+    could have parsed to (type, choices, list or not), so that an edited or foreign checkpoint
+    is a :class:`CheckpointError`, not a traceback later on."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its run configuration is a {type(saved).__name__}, not a JSON object")
+    actions = {action.dest: action for action in parser._actions}
+
+    def parsed_value(action, value):
+        if action.choices is not None:
+            return value in action.choices
+        kind = action.type or str
+        if kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+    for name, value in saved.items():
+        action = actions.get(name)
+        if action is None or name == "help":
+            continue                       # an option of another version: not used
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            ok = isinstance(value, bool)
+        elif value is None:
+            ok = action.default is None
+        elif action.nargs == "+":
+            ok = isinstance(value, list) and len(value) > 0 and all(parsed_value(action, v) for v in value)
+        else:
+            ok = parsed_value(action, value)
+        if not ok:
+            raise CheckpointError(f"{path}: its run configuration has {action.option_strings[0]} {value!r}, "
+                                  "which that flag cannot take: edited, or not written by examples/mnist.py")
 
 
 def invalid_flag(args) -> str | None:
@@ -271,7 +308,10 @@ def main(argv=None) -> int:
     # (the lock is released on the way out either way)
     previous = signal.signal(signal.SIGTERM, _terminate) if hasattr(signal, "SIGTERM") else None
     try:
-        with folder_lock(out):
+        with folder_lock(out), warnings.catch_warnings():
+            # a diverging run overflows: NumPy would warn from inside the kernels, for every
+            # thread; the trainer's NaN guard reports it instead, in one line
+            warnings.filterwarnings("ignore", FLOATING_POINT_WARNINGS, RuntimeWarning)
             return run_in(out, args, argv, started)
     except FolderLockedError as error:
         return fail(error)
@@ -351,6 +391,8 @@ def run_in(out, args, argv, started) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if trainer.last_saved is None:       # --epochs 0: the untrained model is the run's checkpoint
+        trainer.save()
     train_seconds = time.perf_counter() - train_began
     if trainer.stop_reason == "time_limit":
         print(f"time limit reached after {trainer.epoch} complete epochs"

@@ -117,7 +117,8 @@ def plot_curves(history, path, title="training"):
         axes.set_xlabel("epoch")
         axes.set_title(label, fontsize=9)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        if axes.lines:                   # none with --epochs 0
+            axes.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     return save(figure, path)
 
@@ -132,7 +133,8 @@ def plot_monitor(history, path, title="monitoring"):
     axes.set_yscale("log")
     axes.set_xlabel("epoch")
     axes.set_title("gradient norm per layer", fontsize=9)
-    axes.legend(fontsize=7)
+    if axes.lines:
+        axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
 
     axes = figure.add_subplot(1, 3, 2)
