@@ -193,6 +193,9 @@ def _download_one(url, destination, gz_md5, timeout):
                 raise ValueError(f"more than {DOWNLOAD_LIMIT_BYTES:,} bytes: not the expected file")
             digest.update(block)
             out.write(block)
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and size != int(length):   # the server hung up early
+            raise ValueError(f"incomplete: {size:,} of {int(length):,} bytes arrived")
         if digest.hexdigest() != gz_md5:  # raising here deletes the temporary file
             raise ChecksumError(f"md5 of the download is {digest.hexdigest()}, expected {gz_md5}")
 
