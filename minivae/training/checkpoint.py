@@ -187,8 +187,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (" (a folder)" if path.is_dir() else ""))
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+    try:   # our own file object: closed even when NumPy fails half-way (it leaked its own then)
+        with open(path, "rb") as stream, np.load(stream, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except Exception as error:   # truncated, corrupt (zip CRC), an object array, not a zip at all ...
         raise CheckpointError(f"{path} is not a readable .npz checkpoint: {type(error).__name__}: "

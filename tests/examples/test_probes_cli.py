@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +58,21 @@ sys.exit(mnist.main(argv))
 """
 
 
-@pytest.fixture(scope="module")
-def mnist():
+def import_mnist():
     """examples/mnist.py as a module (its ``main(argv)`` returns the exit code)."""
     spec = importlib.util.spec_from_file_location("mnist_example_probes", MNIST)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+MODULE = import_mnist()
+DRAW_PICTURES = MODULE.draw_pictures
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return MODULE
 
 
 LOADED = {}
@@ -88,13 +97,17 @@ def isolated(tmp_path, monkeypatch, mnist):
 
 
 def run_main(mnist, capsys, *argv):
-    """``(exit code, stdout, stderr)`` of ``main(argv)`` in this process."""
-    try:
-        code = mnist.main([str(a) for a in argv])
-    except SystemExit as stop:          # argparse's errors
-        code = stop.code
+    """``(exit code, stdout, stderr)`` of ``main(argv)`` in this process. Warnings are part of
+    stderr, as in the real process (where pytest would otherwise catch them)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = mnist.main([str(a) for a in argv])
+        except SystemExit as stop:          # argparse's errors
+            code = stop.code
     captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return code, captured.out, captured.err + shown
 
 
 def assert_one_line_error(code, err, *expected, exit_code=2):
@@ -208,9 +221,12 @@ def test_iwae_k_0_skips_the_bound(mnist, capsys, tmp_path):
     assert "0 to skip" in mnist.build_parser().format_help()
 
 
-def test_epochs_0_evaluates_the_untrained_model_and_writes_its_checkpoint(mnist, capsys, tmp_path):
+def test_epochs_0_evaluates_the_untrained_model_and_writes_its_checkpoint(mnist, capsys, tmp_path, monkeypatch):
+    """With the pictures drawn: curves without a single epoch."""
+    monkeypatch.setattr(mnist, "draw_pictures", DRAW_PICTURES)
     code, out, err = run_main(mnist, capsys, *TINY, "--epochs", "0", "--monitor", "--out", tmp_path / "out")
     assert code == 0 and err == "", err
+    assert (tmp_path / "out" / "curves.png").exists() and (tmp_path / "out" / "monitor.png").exists()
     _, meta = load_checkpoint(tmp_path / "out" / "checkpoint.npz")      # what the summary claims
     assert meta["progress"]["epoch"] == 0
     code, out, err = run_main(mnist, capsys, "--resume", "--epochs", "1", "--no-progress", "--out", tmp_path / "out")
