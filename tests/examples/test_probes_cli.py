@@ -482,3 +482,19 @@ def test_the_lock_is_held_for_the_whole_run(tmp_path):
     with folder_lock(tmp_path) as path:
         assert path == tmp_path / ".lock" and f"pid {os.getpid()}" in path.read_text()
     assert not path.exists()
+
+
+# --- pictures of degenerate runs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, latent_dim", [(1, 3), (2, 5), (100, 1), (1, 1)])
+def test_the_latent_picture_of_one_digit_or_a_1d_latent_space(tmp_path, n, latent_dim):
+    """``--test-subset 1`` with K > 2 (one row has one principal component) and ``--latent-dim 1``
+    (one coordinate): the picture is drawn, the missing coordinate is 0 (was: an IndexError
+    traceback after training)."""
+    from minivae.plots.training import plot_latent, principal_components
+    mu = np.random.default_rng(0).standard_normal((n, latent_dim))
+    points = principal_components(mu)
+    assert points.shape == (n, 2) and np.isfinite(points).all()
+    if latent_dim == 1 or n == 1:
+        np.testing.assert_array_equal(points[:, 1], 0.0)
+    assert plot_latent(mu, np.arange(n) % 10, tmp_path / "latent.png").stat().st_size > 0
