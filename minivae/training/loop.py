@@ -469,10 +469,16 @@ class Trainer:
         match it (the config may differ in ``epochs``, ``log_every`` and the evaluation settings).
 
         Nothing is trusted: a missing entry, another architecture or configuration (the message
-        names each difference), arrays of the wrong shape or dtype, and NaN or Inf are refused with
-        a :class:`CheckpointError`, before anything in this trainer changes."""
+        names each difference), arrays of the wrong shape or dtype, NaN or Inf, progress counters
+        that are not counts or do not add up, a history that is not one entry per epoch, and a
+        noise state that does not load are refused with a :class:`CheckpointError`, before
+        anything in this trainer changes."""
         arrays, meta = load_checkpoint(path)
         require(path, meta, "model", "train", "optimizer", "progress", "rng", "history", what="metadata")
+        for name in ("train", "optimizer", "progress", "rng", "history"):
+            if not isinstance(meta[name], dict):
+                raise CheckpointError(f"{path}: its {name!r} entry is a {type(meta[name]).__name__}, "
+                                      "not a JSON object")
         mine = self.model.config
         if meta["model"] != mine:
             saved = meta["model"] if isinstance(meta["model"], dict) else {}
@@ -495,46 +501,82 @@ class Trainer:
                                   f"{type(self.optimizer).__name__}")
         require(path, progress, "epoch", "step_in_epoch", "global_step", "n_train", "epoch_seconds",
                 what="progress entry")
+        counts = {"optimizer step": optimizer_meta["step"],
+                  **{name: progress[name] for name in ("epoch", "step_in_epoch", "global_step", "n_train")}}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"{path}: its {name} is {value!r}, not a count")
+        seconds = progress["epoch_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0.0 <= seconds < math.inf:
+            raise CheckpointError(f"{path}: its epoch_seconds is {seconds!r}, not a duration")
         if progress["n_train"] != self.x_train.shape[0]:
             raise CheckpointError(f"{path} was trained on {progress['n_train']} examples, "
                                   f"not {self.x_train.shape[0]}")
-        if not (0 <= progress["step_in_epoch"] < self.steps_per_epoch and progress["epoch"] >= 0):
+        epoch, step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+        if not step_in_epoch < self.steps_per_epoch:
             raise CheckpointError(f"{path}: progress {progress} does not fit {self.steps_per_epoch} steps per epoch")
+        if progress["global_step"] != epoch * self.steps_per_epoch + step_in_epoch:
+            raise CheckpointError(f"{path}: progress {progress} does not add up: epoch {epoch} of "
+                                  f"{self.steps_per_epoch} steps and step {step_in_epoch} are step "
+                                  f"{epoch * self.steps_per_epoch + step_in_epoch}")
+        history = self._checked_history(path, meta["history"], epoch)
         dtype, model = self.model.dtype, self.model
         expected = {"params": model.flat_params.shape,
                     **{f"optimizer.{name}": vector.shape for name, vector in self.optimizer.state.items()}}
-        if progress["step_in_epoch"]:
+        if step_in_epoch:
             expected.update({f"sums.{name}": () for name in self._new_sums()})
         require(path, arrays, *expected, what="array")
         for name, shape in expected.items():
             check_array(path, name, arrays[name], shape, dtype, allow_inf=name != "params")
+        random = self.model.random
+        if step_in_epoch:   # the noise stream first: the one part that can still fail
+            try:
+                self._restore_noise(meta["rng"].get("noise_state"), epoch, step_in_epoch)
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                self.model.random = random
+                raise CheckpointError(f"{path}: its noise generator state cannot be restored: {error}") from error
 
         self.model.flat_params[...] = self.backend.to_device(arrays["params"], dtype=dtype)
         self.optimizer.load_state_dict({**optimizer_meta, **{
             name[len("optimizer."):]: self.backend.to_device(arrays[name], dtype=dtype)
             for name in expected if name.startswith("optimizer.")}})
-        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
-        self.global_step, self._epoch_seconds = progress["global_step"], progress["epoch_seconds"]
-        self.history = meta["history"]
+        self.epoch, self.step_in_epoch = epoch, step_in_epoch
+        self.global_step, self._epoch_seconds = progress["global_step"], float(seconds)
+        self.history = history
         self._sums, self.last_saved = None, (self.epoch, self.step_in_epoch)
         if self.step_in_epoch:
             self._sums = {name[len("sums."):]: self.backend.to_device(arrays[name], dtype=dtype)
                           for name in expected if name.startswith("sums.")}
-            try:
-                self._restore_noise(meta["rng"].get("noise_state"))
-            except (TypeError, ValueError, KeyError, AttributeError) as error:
-                raise CheckpointError(f"{path}: its noise generator state cannot be restored: {error}") from error
         return self
 
-    def _restore_noise(self, noise_state):
-        """Put ``model.random`` where it was after ``step_in_epoch`` steps of the current epoch."""
-        self.model.random = self.backend.random(derive_seed(self.config.seed, self.epoch, "noise"))
+    @staticmethod
+    def _checked_history(path, history, epochs):
+        """``history`` if it has every entry of :func:`new_history`, one value per completed epoch
+        (the monitoring entries at most one); else a :class:`CheckpointError`."""
+        for name, empty in new_history().items():
+            value = history.get(name)
+            if not isinstance(value, type(empty)):
+                raise CheckpointError(f"{path}: its history has no {name!r} list" if isinstance(empty, list)
+                                      else f"{path}: its history's {name!r} is not a JSON object")
+            per_epoch = name not in ("grad_norm", "kl_per_dim", "active_units")
+            lists = value.values() if isinstance(value, dict) else [value]
+            if any(not isinstance(v, list) or len(v) > epochs or (per_epoch and len(v) != epochs) for v in lists):
+                raise CheckpointError(f"{path}: its history's {name!r} does not hold one value per epoch "
+                                      f"of the {epochs} completed")
+        return history
+
+    def _restore_noise(self, noise_state, epoch=None, step_in_epoch=None):
+        """Put ``model.random`` where it was after ``step_in_epoch`` steps of epoch ``epoch``
+        (default: this trainer's)."""
+        epoch = self.epoch if epoch is None else epoch
+        step_in_epoch = self.step_in_epoch if step_in_epoch is None else step_in_epoch
+        self.model.random = self.backend.random(derive_seed(self.config.seed, epoch, "noise"))
         if noise_state is not None and self.backend.can_export_rng_state:
             self.model.random.set_state(noise_state)
             return
         # no exported state (CuPy's generators): replay the draws TrainStep made, same shapes, same order
         N, B = self.x_train.shape[0], self.config.batch_size
-        for i in range(self.step_in_epoch):
+        for i in range(step_in_epoch):
             self.model.draw_eps(min(B, N - i * B), self.config.n_samples)
 
 

@@ -329,7 +329,7 @@ def test_resume_of_a_damaged_checkpoint_is_one_line(mnist, capsys, trained, tmp_
             if damage == "NaN in params":
                 arrays["params"][5] = np.nan
             elif damage == "NaN in the sums":           # a mid-epoch checkpoint's running sums
-                meta["progress"]["step_in_epoch"] = 3
+                meta["progress"].update(step_in_epoch=3, global_step=13)
                 arrays.update({f"sums.{n}": np.array(1.0, np.float32) for n in ("loss", "reconstruction", "kl")})
                 arrays["sums.loss"] = np.array(np.nan, np.float32)
             elif damage == "missing optimizer array":

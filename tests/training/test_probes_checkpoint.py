@@ -175,6 +175,48 @@ def test_another_architecture_is_refused_naming_the_difference(saved, other, dif
     np.testing.assert_array_equal(minivae.to_numpy(trainer.model.flat_params), before)   # untouched
 
 
+TAMPERED = {
+    "epoch a string": (lambda m: m["progress"].update(epoch="1"), "its epoch is '1', not a count"),
+    "epoch a bool": (lambda m: m["progress"].update(epoch=True), "its epoch is True, not a count"),
+    "global_step a string": (lambda m: m["progress"].update(global_step="x"), "its global_step is 'x'"),
+    "n_train a string": (lambda m: m["progress"].update(n_train="40"), "its n_train is '40', not a count"),
+    "epoch_seconds None": (lambda m: m["progress"].update(epoch_seconds=None), "epoch_seconds is None"),
+    "epoch 10**30": (lambda m: m["progress"].update(epoch=10 ** 30), "does not add up"),
+    "step_in_epoch without its step": (lambda m: m["progress"].update(step_in_epoch=2), "does not add up"),
+    "optimizer step a string": (lambda m: m["optimizer"].update(step="x"), "its optimizer step is 'x'"),
+    "progress a number": (lambda m: m.update(progress=3), "its 'progress' entry is a int, not a JSON object"),
+    "train a number": (lambda m: m.update(train=3), "its 'train' entry is a int"),
+    "rng a number": (lambda m: m.update(rng=3), "its 'rng' entry is a int"),
+    "history a list": (lambda m: m.update(history=[]), "its 'history' entry is a list"),
+    "history without epochs": (lambda m: m["history"].pop("epoch"), "its history has no 'epoch' list"),
+    "history of another length": (lambda m: m["history"]["lr"].append(1.0), "'lr' does not hold one value per"),
+    "noise state of another generator": (
+        lambda m: (m["progress"].update(step_in_epoch=2, global_step=6),
+                   m["rng"].update(noise_state={"bit_generator": "MT19937"})),
+        "noise generator state cannot be restored"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_tampered_metadata_is_refused_before_anything_changes(saved, case):
+    """Progress counters that are not counts or do not add up, entries that are not objects, a
+    history that is not one value per epoch, a noise state that does not load (was: TypeError,
+    KeyError, ValueError, or accepted: epoch 10**30 'trained' nothing, and a bad noise state was
+    found only after the parameters had been overwritten)."""
+    path, arrays, meta, make_trainer = saved
+    change, message = TAMPERED[case]
+    change(meta)
+    if meta.get("progress", {}).get("step_in_epoch") if isinstance(meta.get("progress"), dict) else False:
+        arrays.update({f"sums.{n}": np.array(1.0, np.float32) for n in ("loss", "reconstruction", "kl")})
+    resave(path, arrays, meta)
+    trainer = make_trainer()
+    before = (minivae.to_numpy(trainer.model.flat_params).copy(), trainer.model.random, trainer.history)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        trainer.restore(path)
+    np.testing.assert_array_equal(minivae.to_numpy(trainer.model.flat_params), before[0])
+    assert trainer.model.random is before[1] and trainer.history is before[2] and trainer.epoch == 0
+
+
 def test_a_model_description_that_builds_no_vae(saved):
     path, arrays, meta, _ = saved
     meta["model"]["latent_dim"] = 0
