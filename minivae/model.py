@@ -30,8 +30,8 @@ from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward,
 from minivae.ops.layers import Activation, get_activation, linear_backward, linear_forward
 from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
 from minivae.params import Parameters
-from minivae.validation import (InputError, check_beta, check_count, check_data, check_eps, check_latent,
-                                resolve_dtype)
+from minivae.validation import (InputError, check_array, check_beta, check_count, check_data, check_eps,
+                                check_latent, resolve_dtype)
 
 
 @dataclass
@@ -282,9 +282,11 @@ class VAE:
 
         ``eps`` (n, K) fixes the prior draws."""
         n = check_count(n, "n")
+        if eps is not None:
+            check_array(eps, self, "eps")           # named as the caller knows it (decode_mean says z)
+            if eps.shape != (n, self.latent_dim):
+                raise InputError(f"eps must have shape ({n}, {self.latent_dim}) for n = {n}, got {tuple(eps.shape)}")
         z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
-        if z.shape[:1] != (n,):
-            raise InputError(f"eps must have shape ({n}, {self.latent_dim}) for n = {n}, got {tuple(z.shape)}")
         return self.decode_mean(z)
 
     def log_likelihood(self, x: Array, z: Array) -> Array:

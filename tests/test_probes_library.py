@@ -216,3 +216,27 @@ def test_non_contiguous_input_gives_the_contiguous_result_exactly(backend, dtype
             assert got[0] == expected[0] and got[2] == expected[2], name
             np.testing.assert_array_equal(got[1], expected[1], err_msg=name)
             np.testing.assert_array_equal(got[3], expected[3], err_msg=name)
+
+
+def test_sample_names_eps_as_the_caller_passed_it(model):
+    with pytest.raises(InputError, match="eps has dtype float64"):              # was: "z has dtype"
+        model.sample(2, eps=np.zeros((2, 2)))
+    with pytest.raises(InputError, match=r"eps must have shape \(2, 2\) for n = 2, got \(2, 2, 1\)"):
+        model.sample(2, eps=np.zeros((2, 2, 1), np.float32))
+
+
+def test_study_tools_check_their_counts_first(model, x):
+    """Before any costly work: the 100,000-sample reference gradient, the tiling of x."""
+    from minivae.study import estimators, posterior
+    with pytest.raises(ValueError, match="sample size must be a positive integer, got 0"):   # was: ZeroDivisionError
+        estimators.compare_estimators(model, x[:1], sample_sizes=(0,))
+    with pytest.raises(ValueError, match="unknown estimator 'nope'"):
+        estimators.compare_estimators(model, x[:1], estimators=("nope",))
+    with pytest.raises(ValueError, match="n_samples must be a positive integer, got 2.5"):   # was: cut to 2
+        estimators.estimator_statistics(model, x[:1], n_samples=2.5)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 1.5"):           # was: cut to 1
+        posterior.iwae_bound_repeats(model, x, k=1.5)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match=r"x contains NaN \(1 entries\)"):                  # was: 100 entries
+        posterior.iwae_bound_repeats(model, bad, k=2)
