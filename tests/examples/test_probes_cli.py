@@ -505,3 +505,57 @@ def test_the_latent_picture_of_one_digit_or_a_1d_latent_space(tmp_path, n, laten
     if latent_dim == 1 or n == 1:
         np.testing.assert_array_equal(points[:, 1], 0.0)
     assert plot_latent(mu, np.arange(n) % 10, tmp_path / "latent.png").stat().st_size > 0
+
+
+# --- the study examples' flags ---------------------------------------------------------------------
+
+STUDY_INVALID = {
+    ("elbo_gap", "examples 0"): (["--examples", "0"], "argument --examples: must be >= 1, got 0"),
+    ("elbo_gap", "examples above the data"): (["--examples", "6000"], "at most 5000 (the data set), got 6000"),
+    ("elbo_gap", "grid 1"): (["--grid", "1"], "argument --grid: must be >= 2, got 1"),
+    ("elbo_gap", "ks 0"): (["--ks", "1,0"], "argument --ks: must be >= 1, got 0"),
+    ("elbo_gap", "ks not numbers"): (["--ks", "1,x"], "argument --ks: not an integer: 'x'"),
+    ("elbo_gap", "repeats 1"): (["--repeats", "1"], "argument --repeats: must be >= 2, got 1"),
+    ("elbo_gap", "steps -1"): (["--steps", "-1"], "argument --steps: must be >= 0, got -1"),
+    ("gradient_variance", "samples 0"): (["--samples", "0"], "argument --samples: must be >= 1, got 0"),
+    ("gradient_variance", "reference-samples 0"): (["--reference-samples", "0"], "must be >= 2, got 0"),
+    ("prior_ring", "samples -3"): (["--samples", "-3"], "argument --samples: must be >= 1, got -3"),
+    ("prior_ring", "seed -1"): (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    ("prior_ring", "out a file"): (["--out", "FILE"], "is a file, not a folder"),
+    ("prior_ring", "float16"): (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+}
+
+
+@pytest.fixture(scope="module")
+def study_examples():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        modules = {}
+        for name in ("elbo_gap", "gradient_variance", "prior_ring"):
+            spec = importlib.util.spec_from_file_location(f"{name}_probes", ROOT / "examples" / f"{name}.py")
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+        yield modules
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+
+
+@pytest.mark.parametrize("case", sorted(STUDY_INVALID), ids=" / ".join)
+def test_an_invalid_flag_of_a_study_example_is_one_line(study_examples, capsys, tmp_path, case):
+    """(was: a traceback for a negative seed, a GPU that is not there, a file as --out, a bad --ks,
+    prior_ring's --samples 0; the other counts were not checked)"""
+    flags, message = STUDY_INVALID[case]
+    (tmp_path / "FILE").write_text("")
+    flags = [str(tmp_path / "FILE") if flag == "FILE" else flag for flag in flags]
+    with pytest.raises(SystemExit) as stop:
+        study_examples[case[0]].main(["--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert_one_line_error(stop.value.code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(cupy_gpu_available(), reason="this machine has a GPU: --backend cupy runs")
+def test_a_study_example_with_backend_cupy_without_a_gpu(study_examples, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        study_examples["prior_ring"].main(["--backend", "cupy", "--out", str(tmp_path / "out")])
+    assert_one_line_error(stop.value.code, capsys.readouterr().err, "backend 'cupy' was requested but CuPy")
