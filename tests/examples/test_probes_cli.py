@@ -27,7 +27,8 @@ MNIST = ROOT / "examples" / "mnist.py"
 TINY = ["--no-progress", "--subset", "200", "--test-subset", "100", "--batch-size", "20", "--hidden", "8",
         "--latent-dim", "2", "--iwae-k", "0"]
 
-# the real process, paused after its PAUSE_AT-th training step until it gets a signal or GO exists
+# the real process, paused after its PAUSE_AT-th training step until it gets a signal (or
+# $PROBE_SIGNALS of them) or GO exists
 DRIVER = r"""
 import importlib.util, os, sys, time
 from pathlib import Path
@@ -49,8 +50,11 @@ def pausing_step(self, *args, **kwargs):
     calls[0] += 1
     if calls[0] == int(pause_at):
         print("PAUSED", flush=True)
-        deadline = time.monotonic() + 60
-        while not signalled and not Path(go).exists() and time.monotonic() < deadline:
+        deadline, wanted, told = time.monotonic() + 60, int(os.environ.get("PROBE_SIGNALS", "1")), False
+        while len(signalled) < wanted and not Path(go).exists() and time.monotonic() < deadline:
+            if signalled and not told:
+                print("GOT ONE", flush=True)     # still in the step: the next signal lands here
+                told = True
             time.sleep(0.005)
     return terms
 TrainStep.__call__ = pausing_step
@@ -122,16 +126,18 @@ def environment(tmp_path):
     return env
 
 
-def start_driver(tmp_path, pause_at, *argv):
-    """The real process of examples/mnist.py ``argv``, paused after step ``pause_at`` (0: never)."""
+def start_driver(tmp_path, pause_at, *argv, signals=1):
+    """The real process of examples/mnist.py ``argv``, paused after step ``pause_at`` (0: never)
+    until ``signals`` signals arrived."""
+    env = {**environment(tmp_path), "PROBE_SIGNALS": str(signals)}
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(MNIST), str(pause_at), str(tmp_path / "GO"),
-                             *map(str, argv)], cwd=tmp_path, env=environment(tmp_path), text=True,
+                             *map(str, argv)], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_until_paused(process):
+def wait_until_paused(process, line_wanted="PAUSED"):
     for line in process.stdout:
-        if line.strip() == "PAUSED":
+        if line.strip() == line_wanted:
             return
     raise AssertionError(f"ended before pausing: {process.wait()} {process.stderr.read()}")
 
@@ -418,6 +424,27 @@ def test_a_signal_mid_epoch_then_resume_ends_bit_identical(mnist, capsys, straig
     assert sorted(os.listdir(out)) == ["checkpoint.npz"]                           # the lock is gone
     code, stdout, err = run_main(mnist, capsys, "--no-progress", "--resume", "--out", out)
     assert code == 0 and "resuming at epoch 2 step 3" in stdout, err
+    assert_same_run(out, straight)
+
+
+def test_a_second_sigint_stops_at_once_and_the_checkpoint_stays_consistent(mnist, capsys, straight, tmp_path):
+    """A second SIGINT while the step the first one let finish is still running: it stops the
+    run at once, in the middle of the step; the checkpoint on disk is the last whole state, the
+    end of epoch 1, and --resume from it ends bit-identical to the uninterrupted run."""
+    out = tmp_path / "out"
+    process = start_driver(tmp_path, 13, *TINY, "--epochs", "2", "--out", out, signals=2)
+    wait_until_paused(process)
+    process.send_signal(signal.SIGINT)
+    wait_until_paused(process, "GOT ONE")
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130 and "Traceback" not in err, err
+    assert f"interrupted (SIGINT): checkpoint at {out / 'checkpoint.npz'} (end of epoch 1)" in err, err
+    _, meta = load_checkpoint(out / "checkpoint.npz")
+    assert (meta["progress"]["epoch"], meta["progress"]["step_in_epoch"]) == (1, 0)
+    assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+    code, _, err = run_main(mnist, capsys, "--no-progress", "--resume", "--out", out)
+    assert code == 0, err
     assert_same_run(out, straight)
 
 
