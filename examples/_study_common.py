@@ -25,15 +25,54 @@ import minivae  # noqa: E402
 MNIST_FILE = ROOT / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose errors are one line (exit code 2) instead of the whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def count(minimum=1):
+    """An argparse ``type``: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def counts(text):
+    """An argparse ``type``: comma-separated positive integers, e.g. "1,10,100"."""
+    values = [count()(part) for part in text.split(",")]
+    return ",".join(map(str, values))
+
+
+def parse(p, argv):
+    """``p.parse_args(argv)``, the backend and --out checked: a GPU asked for where there is none,
+    or a file as the output folder, is one line with exit code 2, as every other bad option."""
+    args = p.parse_args(argv)
+    try:
+        minivae.get_backend(args.backend)
+    except minivae.BackendUnavailableError as error:
+        p.error(str(error))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"argument --out: {args.out} is a file, not a folder")
+    return args
+
+
 def parser(description, name):
     """The options every study example shares: --backend, --dtype, --out, --seed, --fast."""
-    p = argparse.ArgumentParser(description=description)
+    p = OneLineParser(description=description)
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "strict", "auto"],
                    help="array backend (default numpy; 'cupy' runs the same code on the GPU)")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                    help="float64 by default: these are measurements, not a training run")
     p.add_argument("--out", default=str(Path("runs") / name), help="folder for the PNG files")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--fast", action="store_true", help="a few seconds, for tests (coarser numbers)")
     return p
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import dataset, out_dir, parser, train_quickly
+from _study_common import count, counts, dataset, out_dir, parse, parser, train_quickly
 
 import minivae
 from minivae.plots import study as study_plots
@@ -27,13 +27,15 @@ from minivae.study import posterior
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "elbo_gap")
     p.add_argument("--data", default="auto", choices=["blobs", "mnist", "auto"])
-    p.add_argument("--examples", type=int, default=4, help="how many examples to decompose")
-    p.add_argument("--grid", type=int, default=401, help="grid points per latent axis")
-    p.add_argument("--ks", default="1,3,10,30,100,300,1000", help="IWAE k values, comma-separated")
-    p.add_argument("--repeats", type=int, default=100,
+    p.add_argument("--examples", type=count(), default=4, help="how many examples to decompose (at most 5000)")
+    p.add_argument("--grid", type=count(2), default=401, help="grid points per latent axis")
+    p.add_argument("--ks", type=counts, default="1,3,10,30,100,300,1000", help="IWAE k values, comma-separated")
+    p.add_argument("--repeats", type=count(2), default=100,
                    help="at least this many independent IWAE_k estimates per k")
-    p.add_argument("--steps", type=int, default=2000, help="training steps")
-    args = p.parse_args(argv)
+    p.add_argument("--steps", type=count(0), default=2000, help="training steps")
+    args = parse(p, argv)
+    if args.examples > 5000:
+        p.error(f"argument --examples: at most 5000 (the data set), got {args.examples}")
     if args.fast:
         args.examples, args.grid, args.ks, args.repeats, args.steps = 2, 101, "1,10,100", 20, 200
         args.data = "blobs" if args.data == "auto" else args.data

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import dataset, out_dir, parser, train_quickly
+from _study_common import count, counts, dataset, out_dir, parse, parser, train_quickly
 
 import minivae
 from minivae.plots import study as study_plots
@@ -27,11 +27,11 @@ from minivae.study import estimators
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "gradient_variance")
     p.add_argument("--data", default="blobs", choices=["blobs", "mnist", "auto"])
-    p.add_argument("--samples", default="1,3,10,30,100,300", help="the L values, comma-separated")
-    p.add_argument("--repeats", type=int, default=200, help="R estimates per (estimator, L)")
-    p.add_argument("--reference-samples", type=int, default=100_000)
-    p.add_argument("--steps", type=int, default=1500, help="training steps before measuring")
-    args = p.parse_args(argv)
+    p.add_argument("--samples", type=counts, default="1,3,10,30,100,300", help="the L values, comma-separated")
+    p.add_argument("--repeats", type=count(2), default=200, help="R estimates per (estimator, L)")
+    p.add_argument("--reference-samples", type=count(2), default=100_000)
+    p.add_argument("--steps", type=count(0), default=1500, help="training steps before measuring")
+    args = parse(p, argv)
     if args.fast:
         args.samples, args.repeats, args.reference_samples, args.steps = "1,10", 50, 5000, 200
     sample_sizes = [int(s) for s in args.samples.split(",")]

@@ -12,16 +12,24 @@ of the literature (784-200-200-50 tanh, dynamic binarization, IWAE-5000).
 
 Everything lands in ``--out``: reconstructions.png, samples.png, latent.png (+ manifold.png for a
 2-D latent space), curves.png, monitor.png (with --monitor), metrics.json and checkpoint.npz.
-Ctrl-C saves a checkpoint; ``--resume`` continues from it exactly.
+Ctrl-C or SIGTERM saves a checkpoint; ``--resume`` continues from it exactly. A second run into
+the same ``--out`` while one runs is refused (``OUT/.lock``).
+
+Exit codes: 0 done; 2 a bad flag value, data, checkpoint, backend, or an ``--out`` in use (one
+line on stderr, never a traceback); 1 training diverged (the last good checkpoint is kept);
+130 / 143 interrupted by SIGINT / SIGTERM (a checkpoint is saved).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import signal
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +40,18 @@ except ImportError:  # run from a checkout without `pip install -e .`: use the r
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import minivae
 from minivae import VAE, to_numpy
-from minivae.backend import BACKENDS
+from minivae.backend import BACKENDS, BackendUnavailableError
 from minivae.fast.dispatch import describe_kernels
 from minivae.ops.layers import ACTIVATIONS
 from minivae.ops.likelihoods import LIKELIHOODS
-from minivae.training.checkpoint import CheckpointError, atomic_open, load_checkpoint
+from minivae.training.checkpoint import CheckpointError, FolderLockedError, atomic_open, folder_lock, load_checkpoint
 from minivae.training.data import (DATASETS, PREPROCESSING, DataError, binarize_dynamic, get_dataset_spec,
                                    load_dataset, preprocess)
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
-from minivae.training.loop import LR_SCHEDULES, TrainConfig, Trainer, TrainingDiverged, derive_seed
+from minivae.training.loop import (LR_SCHEDULES, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted,
+                                   derive_seed)
 
+FLOATING_POINT_WARNINGS = r"(overflow|underflow|invalid value|divide by zero) encountered"
 TEST_BINARIZATION_SEED = 20160200   # the one Bernoulli draw of the test set under --binarize dynamic
 SMOKE = {"subset": 1000, "test_subset": 500, "epochs": 2, "iwae_k": 20, "batch_size": 100}
 # options that may change when a run is resumed; all others must match the checkpoint, and
@@ -58,9 +68,16 @@ COMPARABLE = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose errors are one line (exit code 2) instead of the whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     g.add_argument("--data-dir", default=None,
@@ -133,19 +150,93 @@ def resolve_run(parser, argv):
     if args.resume:
         path = Path(args.out) / "checkpoint.npz"
         _, meta = load_checkpoint(path)
-        saved = meta.get("metadata", {}).get("run")
+        metadata = meta.get("metadata")
+        saved = metadata.get("run") if isinstance(metadata, dict) else None
         if saved is None:
             raise CheckpointError(f"{path} was not written by examples/mnist.py; nothing to resume")
+        check_saved_run(parser, saved, path)
         conflicts = [name for name in explicit - RESUME_FREE
                      if name in saved and saved[name] != getattr(args, name)]
         if conflicts:
-            raise SystemExit("--resume: these options differ from the checkpoint's run: "
-                             + ", ".join(f"--{n.replace('_', '-')} {getattr(args, n)!r} (was "
-                                         f"{saved[n]!r})" for n in sorted(conflicts)))
+            parser.error("--resume: these options differ from the checkpoint's run: "
+                         + ", ".join(f"--{n.replace('_', '-')} {getattr(args, n)!r} (was "
+                                     f"{saved[n]!r})" for n in sorted(conflicts)))
         for name, value in saved.items():      # the saved run, except what is given now
             if name not in explicit and name not in ("resume", "out"):
                 setattr(args, name, value)
     return args
+
+
+def check_saved_run(parser, saved, path) -> None:
+    """Refuse the run configuration stored in a checkpoint unless every value is one its flag
+    could have parsed to (type, choices, list or not), so that an edited or foreign checkpoint
+    is a :class:`CheckpointError`, not a traceback later on."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its run configuration is a {type(saved).__name__}, not a JSON object")
+    actions = {action.dest: action for action in parser._actions}
+
+    def parsed_value(action, value):
+        if action.choices is not None:
+            return value in action.choices
+        kind = action.type or str
+        if kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+    for name, value in saved.items():
+        action = actions.get(name)
+        if action is None or name == "help":
+            continue                       # an option of another version: not used
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            ok = isinstance(value, bool)
+        elif value is None:
+            ok = action.default is None
+        elif action.nargs == "+":
+            ok = isinstance(value, list) and len(value) > 0 and all(parsed_value(action, v) for v in value)
+        else:
+            ok = parsed_value(action, value)
+        if not ok:
+            raise CheckpointError(f"{path}: its run configuration has {action.option_strings[0]} {value!r}, "
+                                  "which that flag cannot take: edited, or not written by examples/mnist.py")
+
+
+def invalid_flag(args) -> str | None:
+    """The first flag whose value cannot make a run, as a sentence; None when all can."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+    counts = {"epochs": 0, "batch_size": 1, "latent_dim": 1, "n_samples": 1, "seed": 0, "eval_every": 0,
+              "iwae_k": 0, "subset": 1, "test_subset": 1, "iwae_n": 1, "iwae_batch_rows": 1}
+    for name, minimum in counts.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            return f"{flag(name)} must be {'positive' if minimum else '>= 0'}, got {value}"
+    if any(width < 1 for width in args.hidden):
+        return f"--hidden widths must be positive, got {' '.join(map(str, args.hidden))}"
+    reals = {"lr": lambda v: v > 0, "lr_decay": lambda v: 0 < v <= 1, "lr_min": lambda v: v >= 0,
+             "beta": lambda v: v >= 0, "warmup_epochs": lambda v: v >= 0,
+             "time_limit": lambda v: v is None or v > 0}
+    rules = {"lr": "> 0", "lr_decay": "in (0, 1]", "lr_min": ">= 0", "beta": ">= 0", "warmup_epochs": ">= 0",
+             "time_limit": "> 0 (minutes)"}
+    for name, ok in reals.items():
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            return f"{flag(name)} must be a finite number {rules[name]}, got {value}"
+    return None
+
+
+def fail(message) -> int:
+    """An error the user can fix: one line on stderr (data errors add their instructions), exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def interrupted(error: KeyboardInterrupt) -> int:
+    """The exit code of a run stopped by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    return 128 + int(getattr(error, "signal", signal.SIGINT))
+
+
+def _terminate(signum, frame):
+    raise TrainingInterrupted("terminated", signum)
 
 
 def subset_note(n_train, n_train_full, n_test, n_test_full) -> str:
@@ -208,20 +299,50 @@ def main(argv=None) -> int:
     try:
         args = resolve_run(parser, argv)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
+    problem = invalid_flag(args)
+    if problem:
+        parser.error(problem)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    backend = minivae.get_backend(args.backend)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return fail(f"--out {out} cannot be the output folder: {error.strerror or error}")
+    # SIGTERM stops the run as Ctrl-C does: inside training with a checkpoint, elsewhere at once
+    # (the lock is released on the way out either way)
+    previous = signal.signal(signal.SIGTERM, _terminate) if hasattr(signal, "SIGTERM") else None
+    try:
+        with folder_lock(out), warnings.catch_warnings():
+            # a diverging run overflows: NumPy would warn from inside the kernels, for every
+            # thread; the trainer's NaN guard reports it instead, in one line
+            warnings.filterwarnings("ignore", FLOATING_POINT_WARNINGS, RuntimeWarning)
+            return run_in(out, args, argv, started)
+    except FolderLockedError as error:
+        return fail(error)
+    except KeyboardInterrupt as error:
+        print("\ninterrupted", file=sys.stderr)
+        return interrupted(error)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_in(out, args, argv, started) -> int:
+    """The run itself, in the locked folder ``out``."""
+    try:
+        backend = minivae.get_backend(args.backend)
+    except BackendUnavailableError as error:
+        return fail(error)
     spec = get_dataset_spec(args.dataset)
 
     try:
         train_full = load_dataset(spec, "train", args.data_dir, download=not args.no_download)
         test_full = load_dataset(spec, "test", args.data_dir, download=not args.no_download)
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     train_set, test_set = train_full.subset(args.subset), test_full.subset(args.test_subset)
+    if args.batch_size > len(train_set):
+        return fail(f"--batch-size {args.batch_size} is larger than the {len(train_set):,} training digits")
     note = subset_note(len(train_set), len(train_full), len(test_set), len(test_full))
 
     x_train = preprocess(train_set.images, args.binarize, dtype=args.dtype)
@@ -242,7 +363,10 @@ def main(argv=None) -> int:
     trainer = Trainer(model, x_train, config, x_valid=x_test, checkpoint_path=checkpoint,
                       progress=args.progress, metadata={"run": run})
     if args.resume:
-        trainer.restore(checkpoint)
+        try:
+            trainer.restore(checkpoint)
+        except CheckpointError as error:
+            return fail(error)
 
     print(f"minivae {minivae.__version__} | backend {backend.name} | {model!r}")
     print(f"data: {args.dataset} {len(train_set):,} training / {len(test_set):,} test digits "
@@ -262,18 +386,21 @@ def main(argv=None) -> int:
     train_began = time.perf_counter()
     try:
         trainer.fit(time_limit=None if args.time_limit is None else 60.0 * args.time_limit)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        name = signal.Signals(getattr(error, "signal", signal.SIGINT)).name
         if trainer.last_saved is None:
-            print("\ninterrupted before the first checkpoint", file=sys.stderr)
+            print(f"\ninterrupted ({name}) before the first checkpoint", file=sys.stderr)
         else:
             epoch, step = trainer.last_saved
-            print(f"\ninterrupted: checkpoint at {checkpoint} ("
+            print(f"\ninterrupted ({name}): checkpoint at {checkpoint} ("
                   + (f"end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}")
                   + "); continue with --resume --out " + str(out), file=sys.stderr)
-        return 130
+        return interrupted(error)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if trainer.last_saved is None:       # --epochs 0: the untrained model is the run's checkpoint
+        trainer.save()
     train_seconds = time.perf_counter() - train_began
     if trainer.stop_reason == "time_limit":
         print(f"time limit reached after {trainer.epoch} complete epochs"
@@ -289,11 +416,11 @@ def main(argv=None) -> int:
                               seed=args.seed, progress=args.progress,
                               threads=args.threads if args.threads == "auto" else int(args.threads))
         stats = latent_statistics(model, x_test)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         print(f"\ninterrupted during the evaluation; the trained model is in {checkpoint}: "
               f"--resume --out {out} evaluates it again (with the same --epochs nothing is retrained)",
               file=sys.stderr)
-        return 130
+        return interrupted(error)
     eval_seconds = time.perf_counter() - eval_began
     pictures = draw_pictures(model, args, x_test, test_set.labels, trainer.history, note, out,
                              list(spec.classes) if args.dataset != "mnist" else None)

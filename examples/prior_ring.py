@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import out_dir, parser
+from _study_common import count, out_dir, parse, parser
 
 import minivae
 from minivae.plots import study as study_plots
@@ -36,8 +36,8 @@ def ring_map(z):
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "prior_ring")
-    p.add_argument("--samples", type=int, default=5000)
-    args = p.parse_args(argv)
+    p.add_argument("--samples", type=count(), default=5000)
+    args = parse(p, argv)
     if args.fast:
         args.samples = 1000
     out = out_dir(args.out)

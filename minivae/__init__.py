@@ -22,7 +22,7 @@ from minivae.training import data
 from minivae.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from minivae.training.data import load_dataset
 from minivae.training.evaluate import heldout_elbo, iwae_bound, latent_statistics
-from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, train
+from minivae.training.loop import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, train
 from minivae.training.step import FastPathWarning, TrainStep
 from minivae.validation import InputError
 
@@ -32,7 +32,7 @@ __all__ = [
     "VAE", "LossTerms", "Parameters", "TrainStep", "FastPathWarning", "Adam", "SGD",
     "Backend", "BackendUnavailableError", "get_backend", "set_backend", "get_array_module", "to_numpy",
     "gradcheck", "check_model_gradients", "numeric_gradient", "GradcheckReport", "InputError",
-    "data", "load_dataset", "Trainer", "TrainConfig", "TrainingDiverged", "train",
+    "data", "load_dataset", "Trainer", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train",
     "heldout_elbo", "iwae_bound", "latent_statistics", "save_checkpoint", "load_checkpoint", "load_model",
     "estimators", "posterior",
 ]

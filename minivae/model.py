@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +30,8 @@ from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward,
 from minivae.ops.layers import Activation, get_activation, linear_backward, linear_forward
 from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
 from minivae.params import Parameters
-from minivae.validation import check_data, check_eps, resolve_dtype
+from minivae.validation import (InputError, check_array, check_beta, check_count, check_data, check_eps,
+                                check_latent, resolve_dtype)
 
 
 @dataclass
@@ -115,15 +117,11 @@ class VAE:
                  likelihood_options: dict | None = None):
         self.likelihood_op = self._likelihood_from(likelihood, decoder_variance, likelihood_options)
         self.activation_op = get_activation(activation)
-        hidden_dims = [int(h) for h in hidden_dims]
+        hidden_dims = self._widths(hidden_dims, "hidden_dims")
         decoder_hidden_dims = (list(reversed(hidden_dims)) if decoder_hidden_dims is None
-                               else [int(h) for h in decoder_hidden_dims])
-        for name, value in [("input_dim", input_dim), ("latent_dim", latent_dim),
-                            *[("hidden width", h) for h in hidden_dims + decoder_hidden_dims]]:
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        self.input_dim, self.latent_dim = int(input_dim), int(latent_dim)
+                               else self._widths(decoder_hidden_dims, "decoder_hidden_dims"))
+        self.input_dim = check_count(input_dim, "input_dim")
+        self.latent_dim = check_count(latent_dim, "latent_dim")
         self.hidden_dims, self.decoder_hidden_dims = hidden_dims, decoder_hidden_dims
         # the names (what the configuration and the printouts say); the ops are *_op
         self.likelihood, self.activation = self.likelihood_op.name, self.activation_op.name
@@ -139,6 +137,12 @@ class VAE:
                                  self.shapes)
         self.params.backend = self.backend   # the optimizers' kernels follow it
         self.random = self.backend.random(None if seed is None else seed + 1)
+
+    @staticmethod
+    def _widths(widths, name):
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Iterable):
+            raise ValueError(f"{name} must be a sequence of layer widths, e.g. [400], got {widths!r}")
+        return [check_count(h, "hidden width") for h in widths]
 
     @staticmethod
     def _likelihood_from(likelihood, decoder_variance, options):
@@ -277,6 +281,11 @@ class VAE:
         """Draw ``n`` images from the model: z ~ N(0, I), then E[x | z]. Returns ``(n, D)``.
 
         ``eps`` (n, K) fixes the prior draws."""
+        n = check_count(n, "n")
+        if eps is not None:
+            check_array(eps, self, "eps")           # named as the caller knows it (decode_mean says z)
+            if eps.shape != (n, self.latent_dim):
+                raise InputError(f"eps must have shape ({n}, {self.latent_dim}) for n = {n}, got {tuple(eps.shape)}")
         z = self.random.normal((n, self.latent_dim), self.dtype) if eps is None else eps
         return self.decode_mean(z)
 
@@ -286,6 +295,7 @@ class VAE:
         ``z`` may carry leading sample axes (e.g. (L, N, K), or (G, 1, K) for G points against
         one example); the decoder runs once on all of them."""
         x = self.check_x(x)
+        check_latent(z, self, x.shape[0])
         lead, K = z.shape[:-1], z.shape[-1]
         out, _ = self._decoder_forward(z.reshape(-1, K))
         nll, _ = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
@@ -296,6 +306,7 @@ class VAE:
         x (N, D), z (..., N, K) -> (..., N) and (..., N, K). The decoder's parameters get no
         gradient here (for that: :meth:`forward_backward`)."""
         x = self.check_x(x)
+        check_latent(z, self, x.shape[0])
         lead, K = z.shape[:-1], z.shape[-1]
         out, decoder_cache = self._decoder_forward(z.reshape(-1, K))
         nll, nll_cache = self._reconstruction_nll(out.reshape(*lead, self.input_dim), x)
@@ -319,7 +330,8 @@ class VAE:
 
     def draw_eps(self, batch_size: int, n_samples: int = 1) -> Array:
         """Fresh noise eps ~ N(0, I) of shape (n_samples, batch_size, K), on the model's device."""
-        return self.random.normal((n_samples, batch_size, self.latent_dim), self.dtype)
+        shape = (check_count(n_samples, "n_samples"), check_count(batch_size, "batch_size"), self.latent_dim)
+        return self.random.normal(shape, self.dtype)
 
     def forward_backward(self, x: Array, eps: Array | None = None, n_samples: int = 1, beta: float = 1.0,
                          grads: Parameters | None = None,
@@ -344,12 +356,10 @@ class VAE:
         """
         x = self.check_x(x)
         N = x.shape[0]
-        if eps is None:
-            if int(n_samples) != n_samples or n_samples < 1:
-                raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-            eps = self.draw_eps(N, int(n_samples))
-        eps = check_eps(eps, self, N)
-        beta = float(beta)
+        beta = check_beta(beta)
+        # noise drawn here is (L, N, K), C order and finite: only a caller's eps is checked (its
+        # values cost two host reads, which a GPU step must not pay)
+        eps = self.draw_eps(N, n_samples) if eps is None else check_eps(eps, self, N)
 
         forward = self._forward(x, eps)
         encoder_cache, reparameterize_cache, decoder_cache, nll_cache, kl_cache = forward.caches

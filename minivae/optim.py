@@ -14,6 +14,7 @@ scalars)`` for disjoint ranges, on as many threads.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,11 @@ from minivae.fast import updates
 from minivae.fast.array_kernels import ArrayKernels
 from minivae.fast.dispatch import get_kernels
 from minivae.params import flat_views
+
+
+def _is_real(value):
+    """A real number (a Python or NumPy int or float), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Optimizer:
@@ -34,8 +40,8 @@ class Optimizer:
     state_names = ()
 
     def __init__(self, params: Mapping[str, Array], lr: float, backend: Backend | str | None = None):
-        if not lr > 0.0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        if not _is_real(lr) or not 0.0 < lr < math.inf:
+            raise ValueError(f"learning rate must be a finite positive number, got {lr!r}")
         if not params:
             raise ValueError("no parameters to optimize")
         self.params = params
@@ -122,7 +128,7 @@ class SGD(Optimizer):
 
     def __init__(self, params: Mapping[str, Array], lr: float = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, backend: Backend | str | None = None):
-        if not 0.0 <= momentum < 1.0:
+        if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
@@ -173,10 +179,10 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  backend: Backend | str | None = None):
         beta1, beta2 = betas
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        if not (_is_real(beta1) and _is_real(beta2) and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not eps > 0.0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        if not _is_real(eps) or not 0.0 < eps < math.inf:
+            raise ValueError(f"eps must be a finite positive number, got {eps!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         super().__init__(params, lr, backend)
 

@@ -69,13 +69,18 @@ def plot_manifold(images, path, title="decoded latent grid"):
 
 
 def principal_components(mu, n_components=2):
-    """Project rows of ``mu (N, K)`` onto their first principal components: (N, n_components)."""
+    """Project rows of ``mu (N, K)`` onto their first principal components: (N, n_components).
+    With K <= n_components the centred ``mu`` itself; columns that do not exist (K = 1, or fewer
+    rows than components) are zeros."""
     mu = to_numpy(mu).astype(np.float64)
     centred = mu - mu.mean(axis=0)
     if mu.shape[1] <= n_components:
-        return centred
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:n_components].T
+        points = centred
+    else:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ vt[:n_components].T
+    missing = n_components - points.shape[1]
+    return np.pad(points, ((0, 0), (0, missing))) if missing > 0 else points
 
 
 def plot_latent(mu, labels, path, title="latent space", class_names=None):
@@ -92,7 +97,7 @@ def plot_latent(mu, labels, path, title="latent space", class_names=None):
     if class_names:
         colorbar.ax.set_yticklabels(class_names, fontsize=8)
     axes.set_xlabel("principal component 1 of mu" if pca else "mu_1")
-    axes.set_ylabel("principal component 2 of mu" if pca else "mu_2")
+    axes.set_ylabel("principal component 2 of mu" if pca else "mu_2" if mu.shape[1] > 1 else "0 (a 1-D latent space)")
     axes.set_title(title, fontsize=9)
     return save(figure, path)
 
@@ -117,7 +122,8 @@ def plot_curves(history, path, title="training"):
         axes.set_xlabel("epoch")
         axes.set_title(label, fontsize=9)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        if axes.lines:                   # none with --epochs 0
+            axes.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     return save(figure, path)
 
@@ -132,7 +138,8 @@ def plot_monitor(history, path, title="monitoring"):
     axes.set_yscale("log")
     axes.set_xlabel("epoch")
     axes.set_title("gradient norm per layer", fontsize=9)
-    axes.legend(fontsize=7)
+    if axes.lines:
+        axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
 
     axes = figure.add_subplot(1, 3, 2)

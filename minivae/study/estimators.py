@@ -53,7 +53,7 @@ from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward,
                                 log_normal_backward, log_standard_normal, reparameterize,
                                 reparameterize_backward)
 from minivae.params import Parameters, flat_views
-from minivae.validation import check_eps, check_layout
+from minivae.validation import check_count, check_eps, check_layout
 
 ESTIMATORS = ("reparam", "reparam_path", "score", "score_loo")
 KL_FORMS = ("sampled", "analytic")
@@ -268,10 +268,11 @@ def estimator_statistics(model: VAE, x: Array, estimator: str = "reparam", n_sam
     The R repeats are computed in chunks of repeats side by side (x tiled along the batch axis);
     chunk statistics are merged with Chan et al.'s pairwise update, so memory stays bounded.
     """
-    _check_options(estimator, kl, n_samples)
+    L, R = check_count(n_samples, "n_samples"), check_count(n_repeats, "n_repeats")
+    _check_options(estimator, kl, L)
     check_layout(x, model)                  # the shape; the values are checked by the model's methods
     xp, K = model.xp, model.latent_dim
-    N, L, R = x.shape[0], int(n_samples), int(n_repeats)
+    N = x.shape[0]
     if R < 2:
         raise ValueError("n_repeats must be >= 2 to estimate a variance")
     random = model.random if random is None else random
@@ -318,6 +319,9 @@ def compare_estimators(model: VAE, x: Array, sample_sizes: Sequence[int] = (1, 1
 
     Returns ``{(estimator, L): EstimatorStatistics}``; "score_loo" is skipped at L = 1.
     """
+    sample_sizes = [check_count(L, "sample size") for L in sample_sizes]   # before the costly reference
+    for estimator in estimators:
+        _check_options(estimator, kl)
     random = model.random if random is None else random
     jacobian = encoder_jacobian(model, x)
     reference, reference_se = reference_gradient(model, x, reference_samples, kl, random, jacobian,

@@ -40,7 +40,7 @@ from minivae.backend import Random, get_array_module, to_numpy
 from minivae.model import VAE
 from minivae.ops.latent import kl_standard_normal, log_normal, log_standard_normal
 from minivae.ops.numerics import logsumexp  # logsumexp: also importable from here, as before
-from minivae.validation import check_layout
+from minivae.validation import check_count
 
 
 @dataclass
@@ -234,10 +234,11 @@ def iwae_bound_repeats(model: VAE, x: Array, k: int, n_repeats: int = 100, rando
     Returns (estimate, std_error), each (N,): the mean of the R bounds and their standard deviation
     over sqrt(R). (:func:`minivae.iwae_bound`, the held-out evaluation, is one bound per example.)
     """
-    check_layout(x, model)
+    x = model.check_x(x)        # once, before the tiling: a NaN is one entry, not n_repeats
     xp, K = model.xp, model.latent_dim
-    N, D, R, k = x.shape[0], x.shape[1], int(n_repeats), int(k)
-    if R < 2 or k < 1:
+    k, R = check_count(k, "k"), check_count(n_repeats, "n_repeats")
+    N, D = x.shape
+    if R < 2:
         raise ValueError(f"need k >= 1 and n_repeats >= 2, got k={k}, n_repeats={R}")
     random = model.random if random is None else random
     chunk = max(1, min(R, max_batch // (k * N)))

@@ -26,6 +26,7 @@ from minivae.backend import to_numpy
 from minivae.fast.iwae import FusedIWAE, iwae_unsupported_reason
 from minivae.ops.latent import kl_per_dimension
 from minivae.ops.numerics import logsumexp_update, logsumexp_value
+from minivae.validation import check_count, check_layout
 
 ACTIVE_UNIT_THRESHOLD = 1e-2   # Burda et al.: unit j is active when Var_x E_q[z_j | x] > 0.01
 
@@ -48,6 +49,8 @@ def heldout_elbo(model, x, batch_size=1000, n_samples=1, random=None, seed=0) ->
     (``neg_elbo = reconstruction + kl``, beta = 1), each the mean over the N examples of a
     ``n_samples``-sample Monte Carlo estimate.
     """
+    check_layout(x, model)
+    batch_size, n_samples = check_count(batch_size, "batch_size"), check_count(n_samples, "n_samples")
     random = _random(model, random, seed)
     N = x.shape[0]
     reconstruction_sum = kl_sum = 0.0
@@ -108,12 +111,11 @@ def iwae_bound(model, x, k=5000, batch_rows=None, random=None, seed=0, progress=
     from the reference ``model.log_importance_weights``. Both draw the same noise, so they agree
     to the dtype's rounding.
     """
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    k = int(k)
+    k = check_count(k, "k")
+    check_layout(x, model)
     xp, N, K = model.xp, x.shape[0], model.latent_dim
     random = _random(model, random, seed)
-    batch_rows = batch_rows or model.backend.default_batch_rows
+    batch_rows = model.backend.default_batch_rows if batch_rows is None else check_count(batch_rows, "batch_rows")
     examples_per_call, samples_per_call = iwae_chunks(N, k, batch_rows)
     log_px, elbo = xp.zeros(N, dtype=xp.float64), xp.zeros(N, dtype=xp.float64)
     engine = FusedIWAE(model, threads=threads) if fused and iwae_unsupported_reason(model) is None else None
@@ -156,6 +158,8 @@ def latent_statistics(model, x, batch_size=1000) -> dict:
     (they sum to the KL term); ``mu_variance`` (K,) Var_x E_q[z_j | x]; ``active_units``, the number
     of dimensions with ``mu_variance > 0.01`` (Burda et al.'s activity statistic).
     """
+    check_layout(x, model)
+    batch_size = check_count(batch_size, "batch_size")
     N = x.shape[0]
     kl_sum = mu_sum = mu_square_sum = 0.0
     for start in range(0, N, batch_size):

@@ -22,6 +22,10 @@ draws of the steps already done, which gives the same stream.
 
 A loss or a parameter that becomes NaN or Inf stops training with :class:`TrainingDiverged`;
 nothing is saved after the last good checkpoint.
+
+SIGINT (Ctrl-C) and SIGTERM (``kill``, a batch scheduler's stop) are handled alike: the step under
+way finishes, a checkpoint of the exact state is written, and :meth:`Trainer.fit` raises
+:class:`TrainingInterrupted` (a ``KeyboardInterrupt`` that says which signal it was).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import numpy as np
 from minivae._types import Array
 from minivae.backend import to_numpy
 from minivae.optim import Adam
-from minivae.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivae.training.checkpoint import CheckpointError, check_array, load_checkpoint, require, save_checkpoint
 from minivae.training.data import binarize_dynamic
 from minivae.training.evaluate import heldout_elbo, latent_statistics
 from minivae.training.step import TrainStep
@@ -59,27 +63,40 @@ class TrainingDiverged(FloatingPointError):
     """The loss or the parameters became NaN or Inf."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal; ``signal`` is its number (``signal.SIGINT``, ``signal.SIGTERM``)."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signal = signum
+
+
+# the signals that stop training cleanly (SIGTERM does not exist on every platform's Python)
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+
+
 class InterruptRequest:
-    """Turns the first Ctrl-C (SIGINT) into a request that the loop honours between two steps, so
-    that the checkpoint it then writes is a consistent state; a second Ctrl-C interrupts at once.
-    Only in the main thread (Python delivers signals there); elsewhere it does nothing."""
+    """Turns the first SIGINT (Ctrl-C) or SIGTERM into a request that the loop honours between two
+    steps, so that the checkpoint it then writes is a consistent state; a second signal interrupts
+    at once. Only in the main thread (Python delivers signals there); elsewhere it does nothing."""
 
     def __init__(self) -> None:
-        self.requested, self._previous = False, None
+        self.requested, self.signum, self._previous = False, None, {}
 
     def __enter__(self) -> InterruptRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise TrainingInterrupted(f"{signal.Signals(signum).name} again: stopped at once", signum)
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc_info: object) -> bool:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
 
@@ -131,7 +148,9 @@ class TrainConfig:
             setattr(self, name, int(value))
         for name in ("lr", "lr_decay", "lr_min", "beta", "warmup_epochs"):
             setattr(self, name, float(getattr(self, name)))
-        checks = [("epochs", self.epochs >= 0), ("batch_size", self.batch_size >= 1),
+        checks = [*[(name, math.isfinite(getattr(self, name)))
+                    for name in ("lr", "lr_decay", "lr_min", "beta", "warmup_epochs")],
+                  ("epochs", self.epochs >= 0), ("batch_size", self.batch_size >= 1),
                   ("n_samples", self.n_samples >= 1), ("seed", self.seed >= 0),
                   ("log_every", self.log_every >= 1), ("eval_every", self.eval_every >= 0),
                   ("eval_batch_size", self.eval_batch_size >= 1), ("lr", self.lr > 0.0),
@@ -247,8 +266,9 @@ class Trainer:
         ``time_limit`` seconds of this call have passed (then stop cleanly: at an epoch boundary if
         the next epoch would not fit, else at a log interval, with a checkpoint). Returns the history.
 
-        Ctrl-C finishes the step under way, saves a checkpoint of the exact state (resumable with
-        :meth:`restore`) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
+        Ctrl-C (SIGINT) or SIGTERM finishes the step under way, saves a checkpoint of the exact state
+        (resumable with :meth:`restore`) and raises :class:`TrainingInterrupted`; a second signal
+        stops at once.
         """
         epochs = self.config.epochs if epochs is None else int(epochs)
         began = time.perf_counter()
@@ -267,8 +287,10 @@ class Trainer:
                     epoch_wall = (time.perf_counter() - began) / epochs_done
                 if self._interrupt.requested:
                     self.save(quiet_if_bad=True)
-                    raise KeyboardInterrupt(f"interrupted in epoch {self.epoch + 1}, after step "
-                                            f"{self.step_in_epoch}; checkpoint: {self.checkpoint_path}")
+                    signum = self._interrupt.signum
+                    raise TrainingInterrupted(f"{signal.Signals(signum).name}: interrupted in epoch "
+                                              f"{self.epoch + 1}, after step {self.step_in_epoch}; "
+                                              f"checkpoint: {self.checkpoint_path}", signum)
                 if not completed:
                     self.stop_reason = "time_limit"
                     self.save()
@@ -357,8 +379,9 @@ class Trainer:
             where = f"the last good checkpoint, {self.checkpoint_path} ({when}), is kept"
         raise TrainingDiverged(
             f"training stopped: {what} in epoch {epoch + 1}, by step {self.step_in_epoch} of "
-            f"{self.steps_per_epoch} (global step {self.global_step}); {where}. Try a lower "
-            "learning rate (--lr), KL warm-up (--warmup-epochs) or float64, then resume.")
+            f"{self.steps_per_epoch} (global step {self.global_step}); {where}. Resuming with the "
+            "same settings repeats the same steps: start again with a lower learning rate (--lr), "
+            "KL warm-up (--warmup-epochs) or float64.")
 
     def _parameters_finite(self) -> bool:
         return bool(self.model.xp.isfinite(self.model.flat_params).all())
@@ -373,6 +396,8 @@ class Trainer:
         valid = (heldout_elbo(self.model, self.x_valid, c.eval_batch_size,
                               random=self.backend.random(derive_seed(c.seed, epoch, "eval")))
                  if evaluate_now else {})
+        if valid and not math.isfinite(valid["neg_elbo"]):
+            self._diverged(epoch, f"the held-out -ELBO became {valid['neg_elbo']}")
         record = {"epoch": epoch + 1, "lr": self.optimizer.lr, "beta": beta,
                   "seconds": self._epoch_seconds, "train_loss": train["loss"],
                   "train_reconstruction": train["reconstruction"], "train_kl": train["kl"],
@@ -460,47 +485,117 @@ class Trainer:
 
     def restore(self, path: str | os.PathLike) -> Trainer:
         """Load a checkpoint written by :meth:`save` into this trainer, whose model and config must
-        match it (the config may differ in ``epochs``, ``log_every`` and the evaluation settings)."""
+        match it (the config may differ in ``epochs``, ``log_every`` and the evaluation settings).
+
+        Nothing is trusted: a missing entry, another architecture or configuration (the message
+        names each difference), arrays of the wrong shape or dtype, NaN or Inf, progress counters
+        that are not counts or do not add up, a history that is not one entry per epoch, and a
+        noise state that does not load are refused with a :class:`CheckpointError`, before
+        anything in this trainer changes."""
         arrays, meta = load_checkpoint(path)
-        if meta["model"] != self.model.config:
-            raise CheckpointError(f"{path} holds a model {meta['model']}, not {self.model.config}")
-        saved = TrainConfig.from_dict(meta["train"]).as_dict()
+        require(path, meta, "model", "train", "optimizer", "progress", "rng", "history", what="metadata")
+        for name in ("train", "optimizer", "progress", "rng", "history"):
+            if not isinstance(meta[name], dict):
+                raise CheckpointError(f"{path}: its {name!r} entry is a {type(meta[name]).__name__}, "
+                                      "not a JSON object")
+        mine = self.model.config
+        if meta["model"] != mine:
+            saved = meta["model"] if isinstance(meta["model"], dict) else {}
+            differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)) or ["model"]
+            raise CheckpointError(f"{path} holds another architecture: "
+                                  + ", ".join(f"{k}={saved.get(k)!r} (now {mine.get(k)!r})" for k in differ))
+        try:
+            saved = TrainConfig.from_dict(meta["train"]).as_dict()
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: its training configuration is invalid: {error}") from error
         mine = self.config.as_dict()
         differ = [k for k in saved if k not in FREE_FIELDS and saved[k] != mine[k]]
         if differ:
             raise CheckpointError(f"{path} was trained with a different configuration: "
                                   + ", ".join(f"{k}={saved[k]!r} (now {mine[k]!r})" for k in differ))
-        if meta["optimizer"]["type"] != type(self.optimizer).__name__:
-            raise CheckpointError(f"{path} holds the state of {meta['optimizer']['type']}, not "
+        optimizer_meta, progress = meta["optimizer"], meta["progress"]
+        require(path, optimizer_meta, "type", "step", what="optimizer entry")
+        if optimizer_meta["type"] != type(self.optimizer).__name__:
+            raise CheckpointError(f"{path} holds the state of {optimizer_meta['type']}, not "
                                   f"{type(self.optimizer).__name__}")
-        progress = meta["progress"]
+        require(path, progress, "epoch", "step_in_epoch", "global_step", "n_train", "epoch_seconds",
+                what="progress entry")
+        counts = {"optimizer step": optimizer_meta["step"],
+                  **{name: progress[name] for name in ("epoch", "step_in_epoch", "global_step", "n_train")}}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"{path}: its {name} is {value!r}, not a count")
+        seconds = progress["epoch_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0.0 <= seconds < math.inf:
+            raise CheckpointError(f"{path}: its epoch_seconds is {seconds!r}, not a duration")
         if progress["n_train"] != self.x_train.shape[0]:
             raise CheckpointError(f"{path} was trained on {progress['n_train']} examples, "
                                   f"not {self.x_train.shape[0]}")
-        dtype = self.model.dtype
+        epoch, step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+        if not step_in_epoch < self.steps_per_epoch:
+            raise CheckpointError(f"{path}: progress {progress} does not fit {self.steps_per_epoch} steps per epoch")
+        if progress["global_step"] != epoch * self.steps_per_epoch + step_in_epoch:
+            raise CheckpointError(f"{path}: progress {progress} does not add up: epoch {epoch} of "
+                                  f"{self.steps_per_epoch} steps and step {step_in_epoch} are step "
+                                  f"{epoch * self.steps_per_epoch + step_in_epoch}")
+        history = self._checked_history(path, meta["history"], epoch)
+        dtype, model = self.model.dtype, self.model
+        expected = {"params": model.flat_params.shape,
+                    **{f"optimizer.{name}": vector.shape for name, vector in self.optimizer.state.items()}}
+        if step_in_epoch:
+            expected.update({f"sums.{name}": () for name in self._new_sums()})
+        require(path, arrays, *expected, what="array")
+        for name, shape in expected.items():
+            check_array(path, name, arrays[name], shape, dtype, allow_inf=name != "params")
+        random = self.model.random
+        if step_in_epoch:   # the noise stream first: the one part that can still fail
+            try:
+                self._restore_noise(meta["rng"].get("noise_state"), epoch, step_in_epoch)
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                self.model.random = random
+                raise CheckpointError(f"{path}: its noise generator state cannot be restored: {error}") from error
+
         self.model.flat_params[...] = self.backend.to_device(arrays["params"], dtype=dtype)
-        self.optimizer.load_state_dict({**meta["optimizer"], **{
-            name[len("optimizer."):]: self.backend.to_device(value, dtype=dtype)
-            for name, value in arrays.items() if name.startswith("optimizer.")}})
-        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
-        self.global_step, self._epoch_seconds = progress["global_step"], progress["epoch_seconds"]
-        self.history = meta["history"]
+        self.optimizer.load_state_dict({**optimizer_meta, **{
+            name[len("optimizer."):]: self.backend.to_device(arrays[name], dtype=dtype)
+            for name in expected if name.startswith("optimizer.")}})
+        self.epoch, self.step_in_epoch = epoch, step_in_epoch
+        self.global_step, self._epoch_seconds = progress["global_step"], float(seconds)
+        self.history = history
         self._sums, self.last_saved = None, (self.epoch, self.step_in_epoch)
         if self.step_in_epoch:
-            self._sums = {name[len("sums."):]: self.backend.to_device(value, dtype=dtype)
-                          for name, value in arrays.items() if name.startswith("sums.")}
-            self._restore_noise(meta["rng"]["noise_state"])
+            self._sums = {name[len("sums."):]: self.backend.to_device(arrays[name], dtype=dtype)
+                          for name in expected if name.startswith("sums.")}
         return self
 
-    def _restore_noise(self, noise_state):
-        """Put ``model.random`` where it was after ``step_in_epoch`` steps of the current epoch."""
-        self.model.random = self.backend.random(derive_seed(self.config.seed, self.epoch, "noise"))
+    @staticmethod
+    def _checked_history(path, history, epochs):
+        """``history`` if it has every entry of :func:`new_history`, one value per completed epoch
+        (the monitoring entries at most one); else a :class:`CheckpointError`."""
+        for name, empty in new_history().items():
+            value = history.get(name)
+            if not isinstance(value, type(empty)):
+                raise CheckpointError(f"{path}: its history has no {name!r} list" if isinstance(empty, list)
+                                      else f"{path}: its history's {name!r} is not a JSON object")
+            per_epoch = name not in ("grad_norm", "kl_per_dim", "active_units")
+            lists = value.values() if isinstance(value, dict) else [value]
+            if any(not isinstance(v, list) or len(v) > epochs or (per_epoch and len(v) != epochs) for v in lists):
+                raise CheckpointError(f"{path}: its history's {name!r} does not hold one value per epoch "
+                                      f"of the {epochs} completed")
+        return history
+
+    def _restore_noise(self, noise_state, epoch=None, step_in_epoch=None):
+        """Put ``model.random`` where it was after ``step_in_epoch`` steps of epoch ``epoch``
+        (default: this trainer's)."""
+        epoch = self.epoch if epoch is None else epoch
+        step_in_epoch = self.step_in_epoch if step_in_epoch is None else step_in_epoch
+        self.model.random = self.backend.random(derive_seed(self.config.seed, epoch, "noise"))
         if noise_state is not None and self.backend.can_export_rng_state:
             self.model.random.set_state(noise_state)
             return
         # no exported state (CuPy's generators): replay the draws TrainStep made, same shapes, same order
         N, B = self.x_train.shape[0], self.config.batch_size
-        for i in range(self.step_in_epoch):
+        for i in range(step_in_epoch):
             self.model.draw_eps(min(B, N - i * B), self.config.n_samples)
 
 

@@ -19,7 +19,7 @@ from minivae.fast.engine import FusedStep, unsupported_reason
 from minivae.fast.threads import PairRunner, single_threaded_blas
 from minivae.model import VAE, LossTerms
 from minivae.optim import Optimizer
-from minivae.validation import check_eps, check_layout
+from minivae.validation import check_beta, check_count, check_eps, check_layout
 
 
 class FastPathWarning(UserWarning):
@@ -56,8 +56,7 @@ class TrainStep:
 
     def __init__(self, model: VAE, optimizer: Optimizer, n_samples: int = 1, fused: bool = True,
                  check_values: bool = False, threads: str | int = "auto"):
-        if int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        n_samples = check_count(n_samples, "n_samples")
         if threads not in ("auto", 1, 2):
             raise ValueError(f"threads must be 'auto', 1 or 2, got {threads!r}")
         self.model, self.optimizer, self.n_samples = model, optimizer, int(n_samples)
@@ -75,7 +74,7 @@ class TrainStep:
         self._pair = None
 
     def __call__(self, x: Array, beta: float = 1.0, eps: Array | None = None) -> LossTerms:
-        model, beta = self.model, float(beta)
+        model, beta = self.model, check_beta(beta)
         if not self.fused:
             terms, _ = model.forward_backward(x, eps=eps, n_samples=self.n_samples, beta=beta,
                                               grads=self.grads)
@@ -85,12 +84,15 @@ class TrainStep:
             model.check_x(x)
         else:
             check_layout(x, model)
+        # C order, as the reference and the kernels' raw indexing expect: a Fortran-ordered or
+        # strided batch gives bit for bit the result of its contiguous copy (no copy when it is one)
+        x = model.xp.ascontiguousarray(x)
         N = x.shape[0]
         if eps is None:
             eps = self._engine.workspace(N, self.n_samples).eps
             model.random.normal(eps.shape, model.dtype, out=eps)
         else:
-            eps = check_eps(eps, model, N)
+            eps = check_eps(eps, model, N, values=self.check_values)   # in C order
         if self._use_two_threads(N):
             nll_sum, kl_sum = self._two_threads(x, eps, beta)
         else:

@@ -250,6 +250,7 @@ def test_shape_must_match_the_spec(tmp_path):
 
 def test_offline_message_names_files_checksums_urls_and_folders(tmp_path):
     spec = replace(data.FASHION_MNIST, system_dirs=(str(tmp_path / "system"),))  # ignore Debian's copy
+    (tmp_path / "nothing-here").mkdir()       # an empty folder (a missing one is refused at once)
     with pytest.raises(DataNotFoundError) as caught:
         load_dataset(spec, "train", download=False, repo_dir=tmp_path, data_dir=tmp_path / "nothing-here")
     message = str(caught.value)

@@ -41,7 +41,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The content of ``path``, decompressed if it is gzip (recognised by its magic bytes)."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:   # missing, a folder, unreadable
+        raise IDXError(f"{path}: cannot be read ({error.strerror or error})") from error
     if data[:2] != GZIP_MAGIC:
         return data
     try:
@@ -57,6 +60,8 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     Layout: magic ``00 00 <type> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the values,
     row-major. The length must be exactly ``4 + 4 ndim + prod(sizes) * itemsize``.
     """
+    if len(data) == 0:
+        raise IDXError(f"{source}: empty (0 bytes); delete it and get a fresh copy")
     if len(data) < 4:
         raise IDXError(f"{source}: {len(data)} bytes, too short for the 4-byte IDX magic number")
     if data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES or data[3] == 0:
@@ -81,14 +86,18 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path: str | os.PathLike, md5: str | None = None) -> np.ndarray:
-    """Read an IDX file (raw or gzip). With ``md5``, the decompressed content must match it."""
+    """Read an IDX file (raw or gzip). With ``md5``, the decompressed content must match it.
+
+    The structure is checked first, so that an empty, truncated or foreign file says so rather
+    than only that its md5 differs."""
     data = read_bytes(path)
+    array = parse_idx(data, source=str(path))
     if md5 is not None:
         actual = hashlib.md5(data).hexdigest()
         if actual != md5:
             raise ChecksumError(f"{path}: md5 of the decompressed content is {actual}, expected "
                                 f"{md5}; the file is corrupt or not the expected one")
-    return parse_idx(data, source=str(path))
+    return array
 
 
 def write_idx(path: str | os.PathLike, array: npt.ArrayLike, compress: bool | None = None) -> Path:

@@ -24,6 +24,7 @@ import hashlib
 import os
 import sys
 import urllib.request
+from http.client import HTTPException
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def download(urls: Iterable[str], destination: str | os.PathLike, gz_md5: str, t
                 print(f"downloading {url} -> {destination}", file=sys.stderr)
             _download_one(url, destination, gz_md5, timeout)
             return destination
-        except (OSError, ChecksumError, ValueError) as error:  # URLError and timeouts are OSErrors
+        except (OSError, HTTPException, ChecksumError, ValueError) as error:  # URLError, timeouts: OSErrors
             failures.append(f"{url}: {error}")
     raise DataNotFoundError("download failed:\n  " + "\n  ".join(failures))
 
@@ -192,6 +193,9 @@ def _download_one(url, destination, gz_md5, timeout):
                 raise ValueError(f"more than {DOWNLOAD_LIMIT_BYTES:,} bytes: not the expected file")
             digest.update(block)
             out.write(block)
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and size != int(length):   # the server hung up early
+            raise ValueError(f"incomplete: {size:,} of {int(length):,} bytes arrived")
         if digest.hexdigest() != gz_md5:  # raising here deletes the temporary file
             raise ChecksumError(f"md5 of the download is {digest.hexdigest()}, expected {gz_md5}")
 
@@ -206,8 +210,16 @@ def locate(spec: str | DatasetSpec, key: str, data_dir: str | os.PathLike | None
     spec = get_dataset_spec(spec)
     data_file = spec.files[key]
     rejected = []
-    for label, directory, explicit in search_dirs(spec, data_dir, repo_dir):
+    dirs = search_dirs(spec, data_dir, repo_dir)
+    label, first, explicit = dirs[0]
+    if explicit and not first.is_dir():
+        # a folder named explicitly must exist: a typo must not fall back to other copies unnoticed
+        raise DataNotFoundError(f"{label} {first}: " + ("not a folder" if first.exists() else "no such folder"))
+    for label, directory, explicit in dirs:
         for path in (directory / f"{data_file.name}.gz", directory / data_file.name):
+            if explicit and path.exists() and not path.is_file():
+                raise IDXError(f"{path}: a folder or special file where the IDX file {data_file.name} "
+                               "is expected")
             if not path.is_file():
                 continue
             try:
