@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="KL weight ramps from 0 to beta over these epochs")
     g.add_argument("--n-samples", type=int, default=1, help="z samples per digit and step")
+    g.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                   help="elbo: the negative ELBO (fused fast path); iwae: the importance-weighted loss "
+                   "-IWAE_k (reference path, k samples per digit)")
+    g.add_argument("--k", type=int, default=None, help="importance samples per digit of --objective iwae "
+                   "(default 5; the ELBO takes --n-samples)")
+    g.add_argument("--estimator", choices=["reparam", "stl", "dreg"], default="reparam",
+                   help="encoder gradient of --objective iwae: reparameterization, sticking the "
+                   "landing, or doubly reparameterized")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training cleanly after this many minutes, then evaluate")
@@ -169,6 +177,18 @@ def normal_quantile_grid(n):
     return np.array([[a, b] for b in reversed(quantiles) for a in quantiles], dtype=np.float64)
 
 
+def train_config(args) -> TrainConfig:
+    """The :class:`TrainConfig` of the command line (ValueError for a combination it refuses)."""
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_decay=args.lr_decay, lr_min=args.lr_min, beta=args.beta,
+                       warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
+                       dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
+                       monitor=args.monitor, eval_every=args.eval_every,
+                       threads=args.threads if args.threads == "auto" else int(args.threads),
+                       objective=args.objective, estimator=args.estimator,
+                       k=(5 if args.objective == "iwae" else 1) if args.k is None else args.k)
+
+
 def draw_pictures(model, args, x_test, labels, history, note, out, class_names) -> list:
     from minivae.plots import training as plots
     suffix = f"\n[{note}]" if note else ""
@@ -227,12 +247,11 @@ def main(argv=None) -> int:
         x_test = binarize_dynamic(x_test, backend.random(TEST_BINARIZATION_SEED))
     model = VAE(x_train.shape[1], args.hidden, args.latent_dim, likelihood=args.likelihood,
                 activation=args.activation, backend=backend, dtype=args.dtype, seed=args.seed)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         lr_decay=args.lr_decay, lr_min=args.lr_min, beta=args.beta,
-                         warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
-                         dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
-                         monitor=args.monitor, eval_every=args.eval_every,
-                         threads=args.threads if args.threads == "auto" else int(args.threads))
+    try:
+        config = train_config(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     run = {name: value for name, value in vars(args).items()}
     checkpoint = out / "checkpoint.npz"
     trainer = Trainer(model, x_train, config, x_valid=x_test, checkpoint_path=checkpoint,
@@ -249,6 +268,8 @@ def main(argv=None) -> int:
     print(f"training: {config.epochs} epochs of {trainer.steps_per_epoch} steps, batch {config.batch_size}, "
           f"Adam lr {config.lr:g} (x{config.lr_decay:g}/epoch, min {config.lr_min:g}), beta {config.beta:g}"
           + (f", KL warm-up {config.warmup_epochs:g} epochs" if config.warmup_epochs else "")
+          + (f", objective -IWAE_{config.k} ({config.estimator} encoder gradient, reference path)"
+             if config.objective == "iwae" else "")
           + (f", resuming at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}" if args.resume else "")
           + (f", time limit {args.time_limit:g} min" if args.time_limit else ""))
 
