@@ -204,3 +204,43 @@ def plot_prior_ring(z, g, path, title=None):
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+# --- 4. the SNR of IWAE gradient estimates against k ---------------------------------------------
+
+IWAE_COLORS = {"reparam": "tab:red", "stl": "tab:green", "dreg": "tab:blue"}
+IWAE_LABELS = {"reparam": "IWAE, reparameterization", "stl": "STL (sticking the landing)",
+               "dreg": "DReG (doubly reparameterized)"}
+
+
+def plot_iwae_snr(results, path, title=None):
+    """Log-log SNR of the encoder's (left) and the decoder's (right) gradient estimates against k.
+
+    ``results``: ``{(estimator, k): SNRStatistics}`` (:func:`minivae.study.tighter.gradient_snr`).
+    Solid: the network's SNR as one vector (noise-debiased; a point is omitted where the signal is
+    not resolved); dotted: the median per-parameter SNR. Dashed grey: slopes -1/2 and +1/2.
+    """
+    estimators = list(dict.fromkeys(est for est, _ in results))
+    ks = sorted({k for _, k in results})
+    fig = figure(12, 4.8, layout=None)
+    axes = fig.subplots(1, 2)
+    for ax, network in zip(axes, ("encoder", "decoder")):
+        for est in estimators:
+            snr = np.array([results[(est, k)].network_snr[network] for k in ks])
+            median = np.array([results[(est, k)].median_snr[network] for k in ks])
+            ax.loglog(ks, np.where(snr > 0, snr, np.nan), "o-", color=IWAE_COLORS.get(est, "k"),
+                      label=IWAE_LABELS.get(est, est))
+            ax.loglog(ks, median, ":", color=IWAE_COLORS.get(est, "k"), lw=1)
+        reference = results[(estimators[0], ks[0])].network_snr[network]
+        k = np.array([ks[0], ks[-1]], dtype=np.float64)
+        for slope in (-0.5, 0.5):
+            ax.loglog(k, reference * (k / k[0]) ** slope, "--", color="0.5", lw=0.8)
+        ax.plot([], [], "--", color="0.5", lw=0.8, label="slopes -1/2, +1/2")
+        ax.plot([], [], ":", color="k", lw=1, label="median per-parameter SNR")
+        ax.set(xlabel="k (importance samples)", ylabel="SNR = ||E g|| / sqrt(sum Var g)",
+               title=f"{network}'s gradient")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

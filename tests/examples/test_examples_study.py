@@ -17,6 +17,7 @@ EXAMPLES = {
     "gradient_variance": ["gradient_variance.png", "gradient_clouds.png"],
     "elbo_gap": ["elbo_gap.png", "iwae.png"],
     "prior_ring": ["prior_ring.png"],
+    "iwae_snr": ["iwae_snr.png"],
 }
 
 
