@@ -244,3 +244,50 @@ def plot_iwae_snr(results, path, title=None):
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+# --- 5. the inference gap, split -----------------------------------------------------------------
+
+def plot_inference_gap(x, image_side, grid, gap, path, title=None):
+    """One row per example: the digit, the true posterior p(z|x), the encoder's q and the best
+    Gaussian q* (each with the posterior's contours dashed), and the split of the gap in numbers.
+
+    ``grid``: the :class:`minivae.study.posterior.LatentGrid`; ``gap``: the matching
+    :class:`minivae.study.inference.InferenceGap`.
+    """
+    from minivae.study.posterior import log_gaussian_on_grid, log_posterior
+    x = to_numpy(x)
+    z1, z2 = to_numpy(grid.z1), to_numpy(grid.z2)
+    posterior = np.exp(to_numpy(log_posterior(grid)))
+    q = np.exp(to_numpy(grid.log_q))
+    q_opt = np.exp(to_numpy(log_gaussian_on_grid(grid, gap.mu_optimal, gap.logvar_optimal)))
+    numbers = gap.as_floats()
+    N = x.shape[0]
+    fig = figure(14.5, 3.5 * N, layout=None)
+    axes = fig.subplots(N, 4, squeeze=False, gridspec_kw={"width_ratios": [0.6, 1, 1, 1], "hspace": 0.45})
+    for n in range(N):
+        ax_x, *density_axes = axes[n]
+        ax_x.imshow(x[n].reshape(image_side, image_side), cmap="gray_r", vmin=0, vmax=1)
+        ax_x.set(xticks=[], yticks=[], title=f"x_{n}")
+        xlim, ylim = _zoom(z1[n], z2[n], [posterior[n], q[n], q_opt[n]])
+        extent = (z1[n][0], z1[n][-1], z2[n][0], z2[n][-1])
+        levels = posterior[n].max() * np.array([0.05, 0.3, 0.7])
+        for ax, density, name in [(density_axes[0], posterior[n], "true posterior p(z|x)"),
+                                  (density_axes[1], q[n], "encoder's q(z|x)"),
+                                  (density_axes[2], q_opt[n], "best Gaussian q*(z)")]:
+            ax.imshow(density.T, origin="lower", extent=extent, cmap="viridis")
+            ax.contour(z1[n], z2[n], posterior[n].T, levels=levels, colors="w", linewidths=0.7,
+                       linestyles="dashed")
+            ax.set(xlim=xlim, ylim=ylim, xlabel="z_1", ylabel="z_2", aspect="equal",
+                   title=f"{name}\n(dashed: p(z|x))")
+        text = (f"log p(x)      = {numbers['log_px'][n]:9.3f}\n"
+                f"ELBO(q*)      = {numbers['elbo_optimal'][n]:9.3f}\n"
+                f"ELBO(encoder) = {numbers['elbo_encoder'][n]:9.3f}\n"
+                f"approximation = {numbers['approximation'][n]:9.3f}\n"
+                f"amortization  = {numbers['amortization'][n]:9.3f}")
+        density_axes[2].text(0.02, 0.02, text, transform=density_axes[2].transAxes, family="monospace",
+                             fontsize=7.5, color="w", va="bottom",
+                             bbox={"facecolor": "k", "alpha": 0.5, "lw": 0})
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
