@@ -291,3 +291,49 @@ def plot_inference_gap(x, image_side, grid, gap, path, title=None):
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+# --- 6. pixel space: a shift costs more than a cut ----------------------------------------------
+
+def plot_pixel_space(examples, fractions, shift_wins, samples, path, side=28, title=None):
+    """Top left: for a few digits, the digit, it shifted by one pixel, and it with a part cut away,
+    each titled with its squared error to the digit and the decoders' -log p(x' | z = mu(x)).
+    Top right: the fraction of test digits whose shift costs more squared error than the cut,
+    against the fraction of the digit cut away. Bottom: samples of the Gaussian-decoder and the
+    Bernoulli-decoder VAE, side by side.
+
+    ``examples``: list of dicts with ``images`` {"digit", "shifted", "cut"} (side^2,) and
+    ``numbers`` {version: (squared error, Gaussian nll, Bernoulli nll)}; ``fractions``,
+    ``shift_wins``: (F,); ``samples``: {"gaussian": (n, side^2), "bernoulli": (n, side^2)}.
+    """
+    from minivae.plots.training import tile
+    n_examples = len(examples)
+    fig = figure(15, 3.6 * n_examples + 6.5, layout=None)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6 * n_examples, 6.5])
+    left, right = top.subfigures(1, 2, width_ratios=[1.5, 1])
+    axes = left.subplots(n_examples, 3, squeeze=False, gridspec_kw={"hspace": 0.6, "top": 0.88})
+    names = {"digit": "the digit x", "shifted": "shifted 1 pixel right", "cut": "a part cut away"}
+    for row, example in zip(axes, examples):
+        for ax, version in zip(row, ("digit", "shifted", "cut")):
+            ax.imshow(to_numpy(example["images"][version]).reshape(side, side), cmap="gray", vmin=0, vmax=1)
+            se, gaussian, bernoulli = example["numbers"][version]
+            ax.set_title(f"{names[version]}\nsq. error {se:.1f}\n-log p: Gauss {gaussian:.0f}, Bern {bernoulli:.0f}",
+                         fontsize=8)
+            ax.set(xticks=[], yticks=[])
+    ax = right.subplots()
+    ax.plot(100 * np.asarray(fractions), 100 * np.asarray(shift_wins), "o-", color="tab:red")
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="% of the digit's rows cut away (from the bottom)",
+           ylabel="% of test digits: sq. error(shift 1 px) > sq. error(cut)",
+           title="a 1-pixel shift is 'farther' than a cut", ylim=(0, 102))
+    ax.grid(alpha=0.3)
+    sample_axes = bottom.subplots(1, 2)
+    for ax, name in zip(sample_axes, ("gaussian", "bernoulli")):
+        images = to_numpy(samples[name])
+        columns = int(math.ceil(math.sqrt(images.shape[0])))
+        ax.imshow(tile(np.clip(images, 0, 1), int(math.ceil(images.shape[0] / columns)), columns, side=side),
+                  cmap="gray", vmin=0, vmax=1)
+        ax.set(xticks=[], yticks=[], title=f"samples E[x|z], z ~ N(0, I): {name} decoder")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

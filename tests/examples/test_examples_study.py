@@ -19,6 +19,7 @@ EXAMPLES = {
     "prior_ring": ["prior_ring.png"],
     "iwae_snr": ["iwae_snr.png"],
     "inference_gap": ["inference_gap.png"],
+    "pixel_space": ["pixel_space.png"],
 }
 
 
