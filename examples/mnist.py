@@ -11,7 +11,8 @@ importance-weighted bound IWAE-100 on the same digits. See docs/mnist.md for the
 of the literature (784-200-200-50 tanh, dynamic binarization, IWAE-5000).
 
 Everything lands in ``--out``: reconstructions.png, samples.png, latent.png (+ manifold.png for a
-2-D latent space), curves.png, monitor.png (with --monitor), metrics.json and checkpoint.npz.
+2-D latent space), traversals.png (a row per latent dimension, by KL), interpolations.png,
+curves.png, monitor.png (with --monitor), metrics.json and checkpoint.npz.
 Ctrl-C saves a checkpoint; ``--resume`` continues from it exactly.
 """
 from __future__ import annotations
@@ -189,7 +190,12 @@ def train_config(args) -> TrainConfig:
                        k=(5 if args.objective == "iwae" else 1) if args.k is None else args.k)
 
 
-def draw_pictures(model, args, x_test, labels, history, note, out, class_names) -> list:
+TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 11)
+TRAVERSAL_ROWS = 20          # the dimensions with the largest KL (all of them when K <= 20)
+INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 6, 10
+
+
+def draw_pictures(model, args, x_test, labels, history, note, out, class_names, kl_per_dim=None) -> list:
     from minivae.plots import training as plots
     suffix = f"\n[{note}]" if note else ""
     label = f"{args.dataset}, {model!r}"
@@ -212,6 +218,25 @@ def draw_pictures(model, args, x_test, labels, history, note, out, class_names) 
         images = to_numpy(model.decode_mean(z)).reshape(n, n, -1)
         written.append(plots.plot_manifold(images, out / "manifold.png",
                                            title=f"E[x | z] over a grid of z at normal quantiles: {label}{suffix}"))
+    if kl_per_dim is not None:
+        # traversals: around the posterior mean of the first test digit, a row per dimension, by KL
+        order = [int(j) for j in np.argsort(-np.asarray(kl_per_dim))[:TRAVERSAL_ROWS]]
+        z0 = to_numpy(model.encode(x_test[:1])[0])[0]
+        codes = plots.traversal_latents(z0, order, TRAVERSAL_VALUES)
+        images = model.decode_mean(model.backend.to_device(codes.reshape(-1, model.latent_dim), dtype=model.dtype))
+        shown = f"the {len(order)} of {model.latent_dim} dimensions with the largest KL" \
+            if len(order) < model.latent_dim else f"all {model.latent_dim} dimensions"
+        written.append(plots.plot_traversals(
+            to_numpy(images).reshape(len(order), len(TRAVERSAL_VALUES), -1), kl_per_dim, order, TRAVERSAL_VALUES,
+            out / "traversals.png", title=f"latent traversals, {shown}, ordered by KL: {label}{suffix}"))
+    # interpolations: straight paths between the posterior means of pairs of test digits
+    pairs = min(INTERPOLATION_PAIRS, x_test.shape[0] // 2)
+    x_a, x_b = x_test[:pairs], x_test[pairs:2 * pairs]
+    codes = plots.interpolation_latents(model.encode(x_a)[0], model.encode(x_b)[0], INTERPOLATION_STEPS)
+    images = model.decode_mean(model.backend.to_device(codes.reshape(-1, model.latent_dim), dtype=model.dtype))
+    written.append(plots.plot_interpolations(
+        x_a, to_numpy(images).reshape(pairs, INTERPOLATION_STEPS, -1), x_b, out / "interpolations.png",
+        title=f"E[x | z] on the straight path between two test digits' posterior means: {label}{suffix}"))
     written.append(plots.plot_curves(history, out / "curves.png", title=f"{label}{suffix}"))
     if args.monitor:
         written.append(plots.plot_monitor(history, out / "monitor.png", title=f"{label}{suffix}"))
@@ -309,7 +334,7 @@ def main(argv=None) -> int:
         return 130
     eval_seconds = time.perf_counter() - eval_began
     pictures = draw_pictures(model, args, x_test, test_set.labels, trainer.history, note, out,
-                             list(spec.classes) if args.dataset != "mnist" else None)
+                             list(spec.classes) if args.dataset != "mnist" else None, stats["kl_per_dim"])
 
     seconds = trainer.history["seconds"]
     metrics = {

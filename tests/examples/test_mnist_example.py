@@ -36,8 +36,10 @@ def test_smoke_run_writes_pictures_and_metrics(tmp_path):
     """The CI run, on the strict CuPy stand-in: no implicit host/device copy anywhere in the example."""
     out = tmp_path / "out"
     result = run_example(tmp_path, "--smoke", "--monitor", "--backend", "strict", "--out", str(out))
-    for name in ("reconstructions", "samples", "latent", "curves", "monitor"):
+    for name in ("reconstructions", "samples", "latent", "curves", "monitor", "traversals", "interpolations"):
         assert_picture(out / f"{name}.png")
+    assert {"traversals.png", "interpolations.png"} <= {Path(p).name for p in json.loads(
+        (out / "metrics.json").read_text())["files"]["pictures"]}
     assert not (out / "manifold.png").exists()          # 20-D latent space: no grid
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
