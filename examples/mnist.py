@@ -11,7 +11,8 @@ importance-weighted bound IWAE-100 on the same digits. See docs/mnist.md for the
 of the literature (784-200-200-50 tanh, dynamic binarization, IWAE-5000).
 
 Everything lands in ``--out``: reconstructions.png, samples.png, latent.png (+ manifold.png for a
-2-D latent space), curves.png, monitor.png (with --monitor), metrics.json and checkpoint.npz.
+2-D latent space), traversals.png (a row per latent dimension, by KL), interpolations.png,
+curves.png, monitor.png (with --monitor), metrics.json and checkpoint.npz.
 Ctrl-C or SIGTERM saves a checkpoint; ``--resume`` continues from it exactly. A second run into
 the same ``--out`` while one runs is refused (``OUT/.lock``).
 
@@ -111,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="KL weight ramps from 0 to beta over these epochs")
     g.add_argument("--n-samples", type=int, default=1, help="z samples per digit and step")
+    g.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                   help="elbo: the negative ELBO (fused fast path); iwae: the importance-weighted loss "
+                   "-IWAE_k (reference path, k samples per digit)")
+    g.add_argument("--k", type=int, default=None, help="importance samples per digit of --objective iwae "
+                   "(default 5; the ELBO takes --n-samples)")
+    g.add_argument("--estimator", choices=["reparam", "stl", "dreg"], default="reparam",
+                   help="encoder gradient of --objective iwae: reparameterization, sticking the "
+                   "landing, or doubly reparameterized")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop training cleanly after this many minutes, then evaluate")
@@ -263,7 +272,24 @@ def normal_quantile_grid(n):
     return np.array([[a, b] for b in reversed(quantiles) for a in quantiles], dtype=np.float64)
 
 
-def draw_pictures(model, args, x_test, labels, history, note, out, class_names) -> list:
+def train_config(args) -> TrainConfig:
+    """The :class:`TrainConfig` of the command line (ValueError for a combination it refuses)."""
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       lr_decay=args.lr_decay, lr_min=args.lr_min, lr_schedule=args.lr_schedule,
+                       beta=args.beta, warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
+                       dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
+                       monitor=args.monitor, eval_every=args.eval_every,
+                       threads=args.threads if args.threads == "auto" else int(args.threads),
+                       objective=args.objective, estimator=args.estimator,
+                       k=(5 if args.objective == "iwae" else 1) if args.k is None else args.k)
+
+
+TRAVERSAL_VALUES = np.linspace(-3.0, 3.0, 11)
+TRAVERSAL_ROWS = 20          # the dimensions with the largest KL (all of them when K <= 20)
+INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 6, 10
+
+
+def draw_pictures(model, args, x_test, labels, history, note, out, class_names, kl_per_dim=None) -> list:
     from minivae.plots import training as plots
     suffix = f"\n[{note}]" if note else ""
     label = f"{args.dataset}, {model!r}"
@@ -286,6 +312,25 @@ def draw_pictures(model, args, x_test, labels, history, note, out, class_names) 
         images = to_numpy(model.decode_mean(z)).reshape(n, n, -1)
         written.append(plots.plot_manifold(images, out / "manifold.png",
                                            title=f"E[x | z] over a grid of z at normal quantiles: {label}{suffix}"))
+    if kl_per_dim is not None:
+        # traversals: around the posterior mean of the first test digit, a row per dimension, by KL
+        order = [int(j) for j in np.argsort(-np.asarray(kl_per_dim))[:TRAVERSAL_ROWS]]
+        z0 = to_numpy(model.encode(x_test[:1])[0])[0]
+        codes = plots.traversal_latents(z0, order, TRAVERSAL_VALUES)
+        images = model.decode_mean(model.backend.to_device(codes.reshape(-1, model.latent_dim), dtype=model.dtype))
+        shown = f"the {len(order)} of {model.latent_dim} dimensions with the largest KL" \
+            if len(order) < model.latent_dim else f"all {model.latent_dim} dimensions"
+        written.append(plots.plot_traversals(
+            to_numpy(images).reshape(len(order), len(TRAVERSAL_VALUES), -1), kl_per_dim, order, TRAVERSAL_VALUES,
+            out / "traversals.png", title=f"latent traversals, {shown}, ordered by KL: {label}{suffix}"))
+    # interpolations: straight paths between the posterior means of pairs of test digits
+    pairs = min(INTERPOLATION_PAIRS, x_test.shape[0] // 2)
+    x_a, x_b = x_test[:pairs], x_test[pairs:2 * pairs]
+    codes = plots.interpolation_latents(model.encode(x_a)[0], model.encode(x_b)[0], INTERPOLATION_STEPS)
+    images = model.decode_mean(model.backend.to_device(codes.reshape(-1, model.latent_dim), dtype=model.dtype))
+    written.append(plots.plot_interpolations(
+        x_a, to_numpy(images).reshape(pairs, INTERPOLATION_STEPS, -1), x_b, out / "interpolations.png",
+        title=f"E[x | z] on the straight path between two test digits' posterior means: {label}{suffix}"))
     written.append(plots.plot_curves(history, out / "curves.png", title=f"{label}{suffix}"))
     if args.monitor:
         written.append(plots.plot_monitor(history, out / "monitor.png", title=f"{label}{suffix}"))
@@ -351,13 +396,11 @@ def run_in(out, args, argv, started) -> int:
         x_test = binarize_dynamic(x_test, backend.random(TEST_BINARIZATION_SEED))
     model = VAE(x_train.shape[1], args.hidden, args.latent_dim, likelihood=args.likelihood,
                 activation=args.activation, backend=backend, dtype=args.dtype, seed=args.seed)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         lr_decay=args.lr_decay, lr_min=args.lr_min,
-                         lr_schedule=args.lr_schedule, beta=args.beta,
-                         warmup_epochs=args.warmup_epochs, n_samples=args.n_samples,
-                         dynamic_binarization=args.binarize == "dynamic", seed=args.seed,
-                         monitor=args.monitor, eval_every=args.eval_every,
-                         threads=args.threads if args.threads == "auto" else int(args.threads))
+    try:
+        config = train_config(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     run = {name: value for name, value in vars(args).items()}
     checkpoint = out / "checkpoint.npz"
     trainer = Trainer(model, x_train, config, x_valid=x_test, checkpoint_path=checkpoint,
@@ -380,6 +423,8 @@ def run_in(out, args, argv, started) -> int:
              else f"(x{config.lr_decay:g}/epoch, min {config.lr_min:g})")
           + f", beta {config.beta:g}"
           + (f", KL warm-up {config.warmup_epochs:g} epochs" if config.warmup_epochs else "")
+          + (f", objective -IWAE_{config.k} ({config.estimator} encoder gradient, reference path)"
+             if config.objective == "iwae" else "")
           + (f", resuming at epoch {trainer.epoch + 1} step {trainer.step_in_epoch}" if args.resume else "")
           + (f", time limit {args.time_limit:g} min" if args.time_limit else ""))
 
@@ -423,7 +468,7 @@ def run_in(out, args, argv, started) -> int:
         return interrupted(error)
     eval_seconds = time.perf_counter() - eval_began
     pictures = draw_pictures(model, args, x_test, test_set.labels, trainer.history, note, out,
-                             list(spec.classes) if args.dataset != "mnist" else None)
+                             list(spec.classes) if args.dataset != "mnist" else None, stats["kl_per_dim"])
 
     seconds = trainer.history["seconds"]
     metrics = {

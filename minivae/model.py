@@ -26,12 +26,19 @@ import numpy as np
 from minivae._types import Array, DType, Scalar
 from minivae.backend import Backend, get_backend
 from minivae.ops.latent import (kl_standard_normal, kl_standard_normal_backward, log_normal,
-                                log_standard_normal, reparameterize, reparameterize_backward)
+                                log_normal_backward, log_standard_normal, reparameterize,
+                                reparameterize_backward)
 from minivae.ops.layers import Activation, get_activation, linear_backward, linear_forward
 from minivae.ops.likelihoods import Gaussian, Likelihood, get_likelihood
+from minivae.ops.numerics import logsumexp
 from minivae.params import Parameters
 from minivae.validation import (InputError, check_array, check_beta, check_count, check_data, check_eps,
                                 check_latent, resolve_dtype)
+
+IWAE_ESTIMATORS = ("reparam", "stl", "dreg")
+"""The encoder-gradient estimators of :meth:`VAE.iwae_forward_backward` (the decoder's is the same
+for all three): the full reparameterization gradient, "sticking the landing" (Roeder et al. 2017)
+and the doubly reparameterized gradient (Tucker et al. 2019)."""
 
 
 @dataclass
@@ -422,6 +429,89 @@ class VAE:
         forward = self._forward(x, eps)
         log_q, _ = log_normal(forward.z, forward.mu, forward.logvar)
         return -forward.nll + log_standard_normal(forward.z) - log_q
+
+    def iwae_forward_backward(self, x: Array, eps: Array | None = None, k: int = 1, estimator: str = "reparam",
+                              grads: Parameters | None = None,
+                              need_grads: bool = True) -> tuple[LossTerms, Parameters | None]:
+        """One forward and (optionally) backward pass of the importance-weighted loss -IWAE_k.
+
+            log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x),   z_i = mu + sigma * eps_i,  i = 1..k
+            loss    = -(1/N) sum_n log (1/k) sum_i w_in                (the batch mean, in nats)
+            w~_i    = w_i / sum_j w_j = softmax(log w)_i              (the normalized weights)
+
+        The gradient of the loss is  -(1/N) sum_n sum_i w~_in d log w_in  (the derivative of
+        log-sum-exp is the softmax). The decoder always gets that; ``estimator`` picks what the
+        encoder gets (docs/gradients.md, section 13):
+
+        * ``"reparam"``: the same total derivative, through z_i *and* through log q's own mu, logvar
+          (the score term -d log q(z|x) / d(mu, logvar) at fixed z);
+        * ``"stl"``: without the score term (log q's mu and logvar treated as constants; only the
+          path through z_i remains): sum_i w~_i d log w_i / dz_i  dz_i / dphi;
+        * ``"dreg"``: without the score term and with the weights squared:
+          sum_i w~_i^2 d log w_i / dz_i  dz_i / dphi.
+
+        "reparam" and "dreg" are unbiased for the gradient of -IWAE_k; "stl" is not for k > 1.
+        With k = 1 (w~ = 1), "reparam" is the gradient of the ELBO with the KL *sampled*, and "stl"
+        and "dreg" coincide with the path derivative.
+
+        Parameters
+        ----------
+        x : (N, D); eps : (k, N, K), optional (drawn from ``model.random`` when None; then ``k``
+            says how many); estimator : one of :data:`IWAE_ESTIMATORS`; grads : arrays to write into.
+
+        Returns
+        -------
+        (LossTerms, grads): ``loss`` = -IWAE_k; ``reconstruction`` = the mean over samples and
+        examples of -log p(x | z_i) and ``kl`` the mean of log q(z_i|x) - log p(z_i) (a sampled
+        KL), so that ``reconstruction + kl`` is the k-sample average of -ELBO estimates.
+        """
+        if estimator not in IWAE_ESTIMATORS:
+            raise ValueError(f"unknown IWAE estimator {estimator!r}; choose one of {IWAE_ESTIMATORS}")
+        x = self.check_x(x)
+        N = x.shape[0]
+        if eps is None:
+            if int(k) != k or k < 1:
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            eps = self.draw_eps(N, int(k))
+        eps = check_eps(eps, self, N)
+        k = eps.shape[0]
+        xp = self.xp
+
+        forward = self._forward(x, eps)
+        encoder_cache, reparameterize_cache, decoder_cache, nll_cache, _ = forward.caches
+        log_q, log_q_cache = log_normal(forward.z, forward.mu, forward.logvar)      # (k, N)
+        log_prior = log_standard_normal(forward.z)                                  # (k, N)
+        log_w = -forward.nll + log_prior - log_q                                    # (k, N)
+        log_mean_w = logsumexp(log_w, axis=0) - math.log(k)                         # (N,)
+        terms = LossTerms(-log_mean_w.mean(), forward.nll.mean(), (log_q - log_prior).mean())
+        if not need_grads:
+            return terms, None
+
+        if grads is None:
+            grads = self.zeros_like_params()
+        # dloss / dlog w_in = -w~_in / N; log w = -nll + log p(z) - log q, so the upstream of the
+        # nll, and of log q, is +w~ / N
+        w_tilde = xp.exp(log_w - (log_mean_w + math.log(k)))                        # (k, N), sums to 1
+        upstream = w_tilde * (1.0 / N)
+        dout = self._reconstruction_nll_backward(upstream, nll_cache, grads)
+        dz = self._decoder_backward(dout.reshape(k * N, self.input_dim), decoder_cache, grads)
+        dz = dz.reshape(k, N, self.latent_dim)
+        # log p(z): d/dz = -z;  log q(z | x) at fixed mu, logvar: d/dz = -(z - mu) / sigma^2 = -score_mu
+        score_mu, score_logvar = log_normal_backward(upstream, log_q_cache)        # (k, N, K) each
+        dz = dz + upstream[..., None] * forward.z - score_mu                        # dloss / dz_i
+        if estimator == "dreg":
+            dz = dz * w_tilde[..., None]                                            # w~_i -> w~_i^2
+        dmu, dlogvar = reparameterize_backward(dz, reparameterize_cache)
+        if estimator == "reparam":                                                  # the score term
+            dmu = dmu + score_mu.sum(axis=0)
+            dlogvar = dlogvar + score_logvar.sum(axis=0)
+        self._encoder_backward(dmu, dlogvar, encoder_cache, grads)
+        return terms, grads
+
+    def iwae_per_example(self, x: Array, eps: Array) -> Array:
+        """The k-sample bound log (1/k) sum_i w_i per example: x (N, D), eps (k, N, K) -> (N,)."""
+        log_w = self.log_importance_weights(x, eps)
+        return logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
 
     def __repr__(self):
         widths = "-".join(str(w) for w in [self.input_dim, *self.hidden_dims, self.latent_dim])

@@ -110,8 +110,17 @@ def _fused_gaussian(likelihood):
 FUSED_LIKELIHOODS = {Bernoulli: lambda likelihood: FusedBernoulli(), Gaussian: _fused_gaussian}
 
 
-def unsupported_reason(model):
-    """None when the fused step computes exactly the model's math; else why not (a sentence)."""
+FUSED_OBJECTIVES = ("elbo",)
+"""The training objectives the fused step computes: the negative ELBO with the KL in closed form
+(:meth:`minivae.VAE.forward_backward`). The importance-weighted loss (``"iwae"``,
+:meth:`minivae.VAE.iwae_forward_backward`) has no fused kernel."""
+
+
+def unsupported_reason(model, objective="elbo"):
+    """None when the fused step computes exactly the math of ``model`` trained on ``objective``
+    (``"elbo"`` or ``"iwae"``); else why not (a sentence)."""
+    if objective not in FUSED_OBJECTIVES:
+        return f"the fused step trains the ELBO only, not the objective {objective!r}"
     if type(model) is not VAE:
         return f"{type(model).__name__} is not minivae.VAE itself (a subclass may change the math)"
     if model.activation_op not in FUSED_ACTIVATIONS:
@@ -171,8 +180,8 @@ class FusedStep:
     ``step(x, eps, beta)`` runs both phases over the whole batch; a caller that splits the work
     calls :meth:`deltas` for row ranges and :meth:`parameter_gradients` per network itself."""
 
-    def __init__(self, model, grads):
-        reason = unsupported_reason(model)
+    def __init__(self, model, grads, objective="elbo"):
+        reason = unsupported_reason(model, objective)
         if reason is not None:
             raise ValueError(f"the fused step cannot run this model: {reason}; use model.forward_backward")
         self.model, self.grads = model, grads

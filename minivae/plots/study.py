@@ -204,3 +204,136 @@ def plot_prior_ring(z, g, path, title=None):
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+# --- 4. the SNR of IWAE gradient estimates against k ---------------------------------------------
+
+IWAE_COLORS = {"reparam": "tab:red", "stl": "tab:green", "dreg": "tab:blue"}
+IWAE_LABELS = {"reparam": "IWAE, reparameterization", "stl": "STL (sticking the landing)",
+               "dreg": "DReG (doubly reparameterized)"}
+
+
+def plot_iwae_snr(results, path, title=None):
+    """Log-log SNR of the encoder's (left) and the decoder's (right) gradient estimates against k.
+
+    ``results``: ``{(estimator, k): SNRStatistics}`` (:func:`minivae.study.tighter.gradient_snr`).
+    Solid: the network's SNR as one vector (noise-debiased; a point is omitted where the signal is
+    not resolved); dotted: the median per-parameter SNR. Dashed grey: slopes -1/2 and +1/2.
+    """
+    estimators = list(dict.fromkeys(est for est, _ in results))
+    ks = sorted({k for _, k in results})
+    fig = figure(12, 4.8, layout=None)
+    axes = fig.subplots(1, 2)
+    for ax, network in zip(axes, ("encoder", "decoder")):
+        for est in estimators:
+            snr = np.array([results[(est, k)].network_snr[network] for k in ks])
+            median = np.array([results[(est, k)].median_snr[network] for k in ks])
+            ax.loglog(ks, np.where(snr > 0, snr, np.nan), "o-", color=IWAE_COLORS.get(est, "k"),
+                      label=IWAE_LABELS.get(est, est))
+            ax.loglog(ks, median, ":", color=IWAE_COLORS.get(est, "k"), lw=1)
+        reference = results[(estimators[0], ks[0])].network_snr[network]
+        k = np.array([ks[0], ks[-1]], dtype=np.float64)
+        for slope in (-0.5, 0.5):
+            ax.loglog(k, reference * (k / k[0]) ** slope, "--", color="0.5", lw=0.8)
+        ax.plot([], [], "--", color="0.5", lw=0.8, label="slopes -1/2, +1/2")
+        ax.plot([], [], ":", color="k", lw=1, label="median per-parameter SNR")
+        ax.set(xlabel="k (importance samples)", ylabel="SNR = ||E g|| / sqrt(sum Var g)",
+               title=f"{network}'s gradient")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+# --- 5. the inference gap, split -----------------------------------------------------------------
+
+def plot_inference_gap(x, image_side, grid, gap, path, title=None):
+    """One row per example: the digit, the true posterior p(z|x), the encoder's q and the best
+    Gaussian q* (each with the posterior's contours dashed), and the split of the gap in numbers.
+
+    ``grid``: the :class:`minivae.study.posterior.LatentGrid`; ``gap``: the matching
+    :class:`minivae.study.inference.InferenceGap`.
+    """
+    from minivae.study.posterior import log_gaussian_on_grid, log_posterior
+    x = to_numpy(x)
+    z1, z2 = to_numpy(grid.z1), to_numpy(grid.z2)
+    posterior = np.exp(to_numpy(log_posterior(grid)))
+    q = np.exp(to_numpy(grid.log_q))
+    q_opt = np.exp(to_numpy(log_gaussian_on_grid(grid, gap.mu_optimal, gap.logvar_optimal)))
+    numbers = gap.as_floats()
+    N = x.shape[0]
+    fig = figure(14.5, 3.5 * N, layout=None)
+    axes = fig.subplots(N, 4, squeeze=False, gridspec_kw={"width_ratios": [0.6, 1, 1, 1], "hspace": 0.45})
+    for n in range(N):
+        ax_x, *density_axes = axes[n]
+        ax_x.imshow(x[n].reshape(image_side, image_side), cmap="gray_r", vmin=0, vmax=1)
+        ax_x.set(xticks=[], yticks=[], title=f"x_{n}")
+        xlim, ylim = _zoom(z1[n], z2[n], [posterior[n], q[n], q_opt[n]])
+        extent = (z1[n][0], z1[n][-1], z2[n][0], z2[n][-1])
+        levels = posterior[n].max() * np.array([0.05, 0.3, 0.7])
+        for ax, density, name in [(density_axes[0], posterior[n], "true posterior p(z|x)"),
+                                  (density_axes[1], q[n], "encoder's q(z|x)"),
+                                  (density_axes[2], q_opt[n], "best Gaussian q*(z)")]:
+            ax.imshow(density.T, origin="lower", extent=extent, cmap="viridis")
+            ax.contour(z1[n], z2[n], posterior[n].T, levels=levels, colors="w", linewidths=0.7,
+                       linestyles="dashed")
+            ax.set(xlim=xlim, ylim=ylim, xlabel="z_1", ylabel="z_2", aspect="equal",
+                   title=f"{name}\n(dashed: p(z|x))")
+        text = (f"log p(x)      = {numbers['log_px'][n]:9.3f}\n"
+                f"ELBO(q*)      = {numbers['elbo_optimal'][n]:9.3f}\n"
+                f"ELBO(encoder) = {numbers['elbo_encoder'][n]:9.3f}\n"
+                f"approximation = {numbers['approximation'][n]:9.3f}\n"
+                f"amortization  = {numbers['amortization'][n]:9.3f}")
+        density_axes[2].text(0.02, 0.02, text, transform=density_axes[2].transAxes, family="monospace",
+                             fontsize=7.5, color="w", va="bottom",
+                             bbox={"facecolor": "k", "alpha": 0.5, "lw": 0})
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+# --- 6. pixel space: a shift costs more than a cut ----------------------------------------------
+
+def plot_pixel_space(examples, fractions, shift_wins, samples, path, side=28, title=None):
+    """Top left: for a few digits, the digit, it shifted by one pixel, and it with a part cut away,
+    each titled with its squared error to the digit and the decoders' -log p(x' | z = mu(x)).
+    Top right: the fraction of test digits whose shift costs more squared error than the cut,
+    against the fraction of the digit cut away. Bottom: samples of the Gaussian-decoder and the
+    Bernoulli-decoder VAE, side by side.
+
+    ``examples``: list of dicts with ``images`` {"digit", "shifted", "cut"} (side^2,) and
+    ``numbers`` {version: (squared error, Gaussian nll, Bernoulli nll)}; ``fractions``,
+    ``shift_wins``: (F,); ``samples``: {"gaussian": (n, side^2), "bernoulli": (n, side^2)}.
+    """
+    from minivae.plots.training import tile
+    n_examples = len(examples)
+    fig = figure(15, 3.6 * n_examples + 6.5, layout=None)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6 * n_examples, 6.5])
+    left, right = top.subfigures(1, 2, width_ratios=[1.5, 1])
+    axes = left.subplots(n_examples, 3, squeeze=False, gridspec_kw={"hspace": 0.6, "top": 0.88})
+    names = {"digit": "the digit x", "shifted": "shifted 1 pixel right", "cut": "a part cut away"}
+    for row, example in zip(axes, examples):
+        for ax, version in zip(row, ("digit", "shifted", "cut")):
+            ax.imshow(to_numpy(example["images"][version]).reshape(side, side), cmap="gray", vmin=0, vmax=1)
+            se, gaussian, bernoulli = example["numbers"][version]
+            ax.set_title(f"{names[version]}\nsq. error {se:.1f}\n-log p: Gauss {gaussian:.0f}, Bern {bernoulli:.0f}",
+                         fontsize=8)
+            ax.set(xticks=[], yticks=[])
+    ax = right.subplots()
+    ax.plot(100 * np.asarray(fractions), 100 * np.asarray(shift_wins), "o-", color="tab:red")
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="% of the digit's rows cut away (from the bottom)",
+           ylabel="% of test digits: sq. error(shift 1 px) > sq. error(cut)",
+           title="a 1-pixel shift is 'farther' than a cut", ylim=(0, 102))
+    ax.grid(alpha=0.3)
+    sample_axes = bottom.subplots(1, 2)
+    for ax, name in zip(sample_axes, ("gaussian", "bernoulli")):
+        images = to_numpy(samples[name])
+        columns = int(math.ceil(math.sqrt(images.shape[0])))
+        ax.imshow(tile(np.clip(images, 0, 1), int(math.ceil(images.shape[0] / columns)), columns, side=side),
+                  cmap="gray", vmin=0, vmax=1)
+        ax.set(xticks=[], yticks=[], title=f"samples E[x|z], z ~ N(0, I): {name} decoder")
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

@@ -68,6 +68,55 @@ def plot_manifold(images, path, title="decoded latent grid"):
     return save(figure, path)
 
 
+def traversal_latents(z, order, values):
+    """The latent codes of a traversal: for each dimension j of ``order`` (a row), ``z`` (K,) with
+    z_j replaced by each of ``values`` (a column). Host arrays: -> (len(order), len(values), K)."""
+    z, values = to_numpy(z).astype(np.float64), np.asarray(values, dtype=np.float64)
+    codes = np.broadcast_to(z, (len(order), len(values), z.shape[0])).copy()
+    for row, j in enumerate(order):
+        codes[row, :, j] = values
+    return codes
+
+
+def interpolation_latents(z_start, z_end, steps):
+    """Straight paths z_a + t (z_b - z_a), t = 0 ... 1 in ``steps`` steps, one per row of
+    ``z_start``, ``z_end`` (P, K): -> (P, steps, K) on the host."""
+    z_start, z_end = to_numpy(z_start).astype(np.float64), to_numpy(z_end).astype(np.float64)
+    t = np.linspace(0.0, 1.0, int(steps))[None, :, None]
+    return z_start[:, None, :] + t * (z_end - z_start)[:, None, :]
+
+
+def plot_traversals(images, kl, order, values, path, title="latent traversals"):
+    """Images (rows, columns, 784): row r decodes z with dimension ``order[r]`` set to each of
+    ``values`` and the others held; each row is labelled with its dimension and KL (nats)."""
+    images = to_numpy(images)
+    rows, columns = images.shape[:2]
+    figure = new_figure(columns * 0.5 + 1.6, rows * 0.5 + 0.9)
+    axes = figure.add_subplot()
+    _image(axes, tile(images.reshape(rows * columns, -1), rows, columns), title)
+    for c, v in enumerate(values):
+        axes.text(14 + 29 * c, 29 * rows + 4, f"{v:+.1f}", ha="center", va="top", fontsize=6)
+    for r, j in enumerate(order):
+        axes.text(-4, 14 + 29 * r, f"z_{j}  KL {float(kl[j]):.2f}", ha="right", va="center", fontsize=6)
+    axes.text(29 * columns / 2, 29 * rows + 22, "value of the traversed dimension (the others: the posterior "
+              "mean of one test digit)", ha="center", va="top", fontsize=7)
+    return save(figure, path)
+
+
+def plot_interpolations(x_start, images, x_end, path, title="interpolations"):
+    """One row per pair of test digits: the first digit, E[x | z] along the straight path between
+    their posterior means (``images`` (P, steps, 784)), and the second digit."""
+    x_start, images, x_end = to_numpy(x_start), to_numpy(images), to_numpy(x_end)
+    P, steps = images.shape[:2]
+    rows = np.concatenate([x_start[:, None], images, x_end[:, None]], axis=1)     # (P, steps + 2, 784)
+    figure = new_figure((steps + 2) * 0.55, P * 0.55 + 0.6)
+    axes = figure.add_subplot()
+    _image(axes, tile(rows.reshape(P * (steps + 2), -1), P, steps + 2), title)
+    for column, text in [(0, "digit a"), (steps + 1, "digit b")]:
+        axes.text(14 + 29 * column, 29 * P + 4, text, ha="center", va="top", fontsize=7)
+    return save(figure, path)
+
+
 def principal_components(mu, n_components=2):
     """Project rows of ``mu (N, K)`` onto their first principal components: (N, n_components).
     With K <= n_components the centred ``mu`` itself; columns that do not exist (K = 1, or fewer

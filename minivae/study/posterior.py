@@ -159,6 +159,27 @@ def _q_expectation(grid: LatentGrid, values):
     return (weights * values).sum(axis=(1, 2))
 
 
+def log_gaussian_on_grid(grid: LatentGrid, mu: Array, logvar: Array) -> Array:
+    """log N(z | mu_n, diag(exp(logvar_n))) at example n's grid points, for any Gaussian (not only
+    the encoder's): mu, logvar (N, 2) -> (N, n, n)."""
+    xp = get_array_module(grid.z1)
+    N, n1, n2 = grid.log_q.shape
+    z = xp.stack([xp.broadcast_to(grid.z1[:, :, None], (N, n1, n2)),
+                  xp.broadcast_to(grid.z2[:, None, :], (N, n1, n2))], axis=-1)       # (N, n, n, 2)
+    log_q, _ = log_normal(z, mu[:, None, None, :], logvar[:, None, None, :])
+    return log_q
+
+
+def gaussian_elbo(grid: LatentGrid, mu: Array, logvar: Array) -> Tuple[Array, Array]:
+    """The ELBO of the Gaussian q = N(mu, diag(exp(logvar))) per example by the grid sum
+    (E_q[log p(x|z)] on the grid, the KL to the prior in closed form), and q's mass on the grid
+    (1 when the box covers it). mu, logvar (N, 2) -> (elbo (N,), mass (N,))."""
+    xp = get_array_module(grid.log_q)
+    weights = xp.exp(log_gaussian_on_grid(grid, mu, logvar) + grid.log_cell_area[:, None, None])
+    kl_prior, _ = kl_standard_normal(mu, logvar)
+    return (weights * grid.log_likelihood).sum(axis=(1, 2)) - kl_prior, weights.sum(axis=(1, 2))
+
+
 def q_mass(grid: LatentGrid) -> Array:
     """sum_ij q(z_ij) dA: 1 up to quadrature error when the box covers q. (N,)."""
     xp = get_array_module(grid.log_q)

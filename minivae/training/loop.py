@@ -46,7 +46,7 @@ from minivae.optim import Adam
 from minivae.training.checkpoint import CheckpointError, check_array, load_checkpoint, require, save_checkpoint
 from minivae.training.data import binarize_dynamic
 from minivae.training.evaluate import heldout_elbo, latent_statistics
-from minivae.training.step import TrainStep
+from minivae.training.step import TrainStep, check_objective
 
 if TYPE_CHECKING:
     from minivae.model import VAE
@@ -138,10 +138,13 @@ class TrainConfig:
     eval_every: int = 1          # held-out evaluation every this many epochs (0: never)
     eval_batch_size: int = 1000
     threads: object = "auto"     # threads of a training step on NumPy: "auto", 1 or 2 (TrainStep)
+    objective: str = "elbo"      # "elbo" or "iwae" (the importance-weighted loss -IWAE_k; reference path)
+    k: int = 1                   # importance samples per example of the IWAE objective
+    estimator: str = "reparam"   # IWAE encoder gradient: "reparam", "stl" or "dreg"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_samples", "seed", "log_every", "eval_every",
-                     "eval_batch_size"):
+                     "eval_batch_size", "k"):
             value = getattr(self, name)
             if int(value) != value:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -162,6 +165,9 @@ class TrainConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+        check_objective(self.objective, self.k, self.estimator, self.n_samples)
+        if self.objective == "iwae" and (self.beta != 1.0 or self.warmup_epochs != 0.0):
+            raise ValueError("the IWAE objective has no KL weight: it needs beta = 1 and no warm-up")
         self.dynamic_binarization, self.monitor = bool(self.dynamic_binarization), bool(self.monitor)
 
     def as_dict(self) -> dict:
@@ -225,7 +231,8 @@ class Trainer:
         self.x_valid = None if x_valid is None else model.check_x(self._on_device(x_valid), name="x_valid")
         self.optimizer = optimizer if optimizer is not None else Adam(model.params, lr=self.config.lr)
         self.step = TrainStep(model, self.optimizer, n_samples=self.config.n_samples,
-                              threads=self.config.threads)
+                              threads=self.config.threads, objective=self.config.objective,
+                              k=self.config.k, estimator=self.config.estimator)
         self.checkpoint_path = checkpoint_path
         self.progress, self.log, self.metadata = progress, log, dict(metadata or {})
         self.groups = layer_groups(model.shapes)
@@ -241,6 +248,11 @@ class Trainer:
 
     def _on_device(self, x):
         return x if self.backend.is_native(x) else self.backend.to_device(x, dtype=self.model.dtype)
+
+    @property
+    def samples_per_step(self) -> int:
+        """z samples per example in one step: k for IWAE, n_samples for the ELBO."""
+        return self.config.k if self.config.objective == "iwae" else self.config.n_samples
 
     # --- schedules ----------------------------------------------------------------------------------
     @property
@@ -428,6 +440,8 @@ class Trainer:
         if h["valid_neg_elbo"][-1] is not None:
             line += (f"  held-out -ELBO {h['valid_neg_elbo'][-1]:.2f} "
                      f"(rec {h['valid_reconstruction'][-1]:.2f}, KL {h['valid_kl'][-1]:.2f})")
+        if self.config.objective == "iwae":
+            line += f"  train -IWAE_{self.config.k} ({self.config.estimator}) {h['train_loss'][-1]:.2f}"
         if self.config.monitor:
             line += f"  active units {h['active_units'][-1]}/{self.model.latent_dim}"
         return line + f"  lr {h['lr'][-1]:.3g}  beta {h['beta'][-1]:.3g}  [{h['seconds'][-1]:.1f} s]"
@@ -596,7 +610,7 @@ class Trainer:
         # no exported state (CuPy's generators): replay the draws TrainStep made, same shapes, same order
         N, B = self.x_train.shape[0], self.config.batch_size
         for i in range(step_in_epoch):
-            self.model.draw_eps(min(B, N - i * B), self.config.n_samples)
+            self.model.draw_eps(min(B, N - i * B), self.samples_per_step)
 
 
 def train(model: VAE, x_train: Array, config: TrainConfig | None = None, x_valid: Array | None = None,

@@ -17,7 +17,7 @@ import warnings
 from minivae._types import Array
 from minivae.fast.engine import FusedStep, unsupported_reason
 from minivae.fast.threads import PairRunner, single_threaded_blas
-from minivae.model import VAE, LossTerms
+from minivae.model import IWAE_ESTIMATORS, VAE, LossTerms
 from minivae.optim import Optimizer
 from minivae.validation import check_beta, check_count, check_eps, check_layout
 
@@ -30,6 +30,24 @@ class FastPathWarning(UserWarning):
 # handing work to a thread costs some 50-100 us, worth it from batch 16 of the 784-400-20 model
 # (650k parameters) up, not for small models.
 PARALLEL_MIN_WORK = 10_000_000
+
+
+OBJECTIVES = ("elbo", "iwae")
+
+
+def check_objective(objective: str, k: int = 1, estimator: str = "reparam", n_samples: int = 1) -> None:
+    """Refuse a combination that would silently train something else (ValueError)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    if estimator not in IWAE_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {IWAE_ESTIMATORS}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if objective == "elbo" and (k != 1 or estimator != "reparam"):
+        raise ValueError("k and estimator belong to the IWAE objective (objective='iwae'); the ELBO "
+                         f"takes n_samples (got k={k!r}, estimator={estimator!r})")
+    if objective == "iwae" and n_samples != 1:
+        raise ValueError(f"the IWAE objective takes k samples per example, not n_samples (got {n_samples!r})")
 
 
 class TrainStep:
@@ -46,6 +64,14 @@ class TrainStep:
     ``fused=False`` runs the reference without a warning. ``step.path`` says which runs
     (``"fused"`` or ``"reference"``), ``step.reason`` why not the fused one (None when it runs).
 
+    ``objective``: ``"elbo"`` (default, :meth:`VAE.forward_backward`) or ``"iwae"``, the
+    importance-weighted loss -IWAE_k with ``k`` samples per example and the encoder-gradient
+    ``estimator`` ("reparam", "stl" or "dreg"; :meth:`VAE.iwae_forward_backward`). The fused step
+    trains the ELBO only (:data:`minivae.fast.engine.FUSED_OBJECTIVES`): an IWAE step always runs
+    the reference path (with the warning when ``fused=True``). ``k`` and ``estimator`` belong to
+    IWAE (the ELBO takes ``n_samples``); an ELBO step refuses ``k != 1`` or another estimator, and
+    IWAE refuses ``n_samples != 1`` and ``beta != 1`` (its weights are those of log p(x)).
+
     ``threads`` (NumPy only): 2 splits each step between two threads (see :meth:`_two_threads`),
     1 runs it on the calling thread with the BLAS as configured, ``"auto"`` (default) splits when
     batch size x parameters >= :data:`PARALLEL_MIN_WORK`. A split step sets every loaded BLAS to
@@ -55,14 +81,17 @@ class TrainStep:
     """
 
     def __init__(self, model: VAE, optimizer: Optimizer, n_samples: int = 1, fused: bool = True,
-                 check_values: bool = False, threads: str | int = "auto"):
+                 check_values: bool = False, threads: str | int = "auto", objective: str = "elbo",
+                 k: int = 1, estimator: str = "reparam"):
         n_samples = check_count(n_samples, "n_samples")
         if threads not in ("auto", 1, 2):
             raise ValueError(f"threads must be 'auto', 1 or 2, got {threads!r}")
+        check_objective(objective, k, estimator, n_samples)
         self.model, self.optimizer, self.n_samples = model, optimizer, int(n_samples)
+        self.objective, self.k, self.estimator = objective, int(k), estimator
         self.grads = model.zeros_like_params()
         self.check_values = bool(check_values)
-        self.reason = unsupported_reason(model) if fused else "fused=False"
+        self.reason = unsupported_reason(model, objective) if fused else "fused=False"
         if fused and self.reason is not None:
             warnings.warn(f"TrainStep runs the reference path (forward_backward + optimizer): {self.reason}. "
                           "Same math, slower.", FastPathWarning, stacklevel=2)
@@ -75,6 +104,13 @@ class TrainStep:
 
     def __call__(self, x: Array, beta: float = 1.0, eps: Array | None = None) -> LossTerms:
         model, beta = self.model, check_beta(beta)
+        if self.objective == "iwae":
+            if beta != 1.0:
+                raise ValueError(f"the IWAE objective has no KL weight: beta must be 1, got {beta}")
+            terms, _ = model.iwae_forward_backward(x, eps=eps, k=self.k, estimator=self.estimator,
+                                                   grads=self.grads)
+            self.optimizer.step(self.grads)
+            return terms
         if not self.fused:
             terms, _ = model.forward_backward(x, eps=eps, n_samples=self.n_samples, beta=beta,
                                               grads=self.grads)

@@ -17,6 +17,9 @@ EXAMPLES = {
     "gradient_variance": ["gradient_variance.png", "gradient_clouds.png"],
     "elbo_gap": ["elbo_gap.png", "iwae.png"],
     "prior_ring": ["prior_ring.png"],
+    "iwae_snr": ["iwae_snr.png"],
+    "inference_gap": ["inference_gap.png"],
+    "pixel_space": ["pixel_space.png"],
 }
 
 
@@ -51,7 +54,7 @@ def test_example_writes_its_figures(name, tmp_path):
         assert f"wrote {tmp_path / figure}" in stdout
 
 
-@pytest.mark.parametrize("name", ["gradient_variance", "elbo_gap"])
+@pytest.mark.parametrize("name", ["gradient_variance", "elbo_gap", "inference_gap"])
 def test_example_runs_on_the_strict_backend(name, tmp_path):
     run_example(name, tmp_path, "--backend", "strict")
     for figure in EXAMPLES[name]:

@@ -36,8 +36,10 @@ def test_smoke_run_writes_pictures_and_metrics(tmp_path):
     """The CI run, on the strict CuPy stand-in: no implicit host/device copy anywhere in the example."""
     out = tmp_path / "out"
     result = run_example(tmp_path, "--smoke", "--monitor", "--backend", "strict", "--out", str(out))
-    for name in ("reconstructions", "samples", "latent", "curves", "monitor"):
+    for name in ("reconstructions", "samples", "latent", "curves", "monitor", "traversals", "interpolations"):
         assert_picture(out / f"{name}.png")
+    assert {"traversals.png", "interpolations.png"} <= {Path(p).name for p in json.loads(
+        (out / "metrics.json").read_text())["files"]["pictures"]}
     assert not (out / "manifold.png").exists()          # 20-D latent space: no grid
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
@@ -84,3 +86,18 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     result = run_example(tmp_path, "--resume", "--out", "nothing", check=False)
     assert result.returncode == 2 and "no checkpoint at" in result.stderr
+
+
+def test_iwae_objective_from_the_command_line(tmp_path):
+    """--objective iwae --k K --estimator E reaches the TrainConfig and the reference path."""
+    result = run_example(tmp_path, "--smoke", "--epochs", "1", "--objective", "iwae", "--k", "3",
+                         "--estimator", "dreg", "--iwae-k", "0", "--out", "iwae")
+    assert "objective -IWAE_3 (dreg encoder gradient, reference path)" in result.stdout
+    assert "train -IWAE_3 (dreg)" in result.stdout
+    metrics = json.loads((tmp_path / "iwae" / "metrics.json").read_text())
+    config = metrics["train_config"]
+    assert (config["objective"], config["k"], config["estimator"]) == ("iwae", 3, "dreg")
+    history = metrics["history"]
+    assert history["train_loss"][0] < history["train_neg_elbo"][0]      # -IWAE_3 below -ELBO
+    refused = run_example(tmp_path, "--smoke", "--k", "3", "--out", "refused", check=False)
+    assert refused.returncode == 2 and "belong to the IWAE objective" in refused.stderr
