@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import sys
 import time
@@ -41,6 +42,20 @@ def count(minimum=1):
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def number(low, high=None):
+    """An argparse ``type``: a finite float with low < value (< high where given)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(value) and value > low and (high is None or value < high)):
+            bounds = f"in ({low:g}, {high:g})" if high is not None else f"> {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
         return value
     return parse
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from _study_common import dataset, out_dir, parser, train_quickly
+from _study_common import count, dataset, out_dir, parse, parser, train_quickly
 
 import minivae
 from minivae.plots import study as study_plots
@@ -27,11 +27,13 @@ from minivae.study import inference, posterior
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "inference_gap")
     p.add_argument("--data", default="auto", choices=["blobs", "mnist", "auto"])
-    p.add_argument("--examples", type=int, default=4, help="how many digits to decompose")
-    p.add_argument("--grid", type=int, default=301, help="grid points per latent axis")
-    p.add_argument("--steps", type=int, default=2000, help="training steps of the VAE")
-    p.add_argument("--ascent-steps", type=int, default=1000, help="Adam steps of the search for q*")
-    args = p.parse_args(argv)
+    p.add_argument("--examples", type=count(), default=4, help="how many digits to decompose (at most 5000)")
+    p.add_argument("--grid", type=count(2), default=301, help="grid points per latent axis")
+    p.add_argument("--steps", type=count(0), default=2000, help="training steps of the VAE")
+    p.add_argument("--ascent-steps", type=count(0), default=1000, help="Adam steps of the search for q*")
+    args = parse(p, argv)
+    if args.examples > 5000:
+        p.error(f"argument --examples: at most 5000 (the data set), got {args.examples}")
     if args.fast:
         args.examples, args.grid, args.steps, args.ascent_steps = 2, 101, 300, 300
         args.data = "blobs" if args.data == "auto" else args.data

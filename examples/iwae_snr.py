@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import dataset, out_dir, parser, train_quickly
+from _study_common import count, counts, dataset, out_dir, parse, parser, train_quickly
 
 import minivae
 from minivae.fast.threads import single_threaded_blas
@@ -32,12 +32,12 @@ from minivae.study import tighter
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "iwae_snr")
-    p.add_argument("--ks", default="1,3,10,30,100,300", help="the k values, comma-separated")
-    p.add_argument("--repeats", type=int, default=300, help="R gradient estimates per (estimator, k)")
-    p.add_argument("--examples", type=int, default=16, help="images in the batch of each estimate")
-    p.add_argument("--steps", type=int, default=0, help="training steps (ELBO) before measuring "
+    p.add_argument("--ks", type=counts, default="1,3,10,30,100,300", help="the k values, comma-separated")
+    p.add_argument("--repeats", type=count(2), default=300, help="R gradient estimates per (estimator, k)")
+    p.add_argument("--examples", type=count(), default=16, help="images in the batch of each estimate")
+    p.add_argument("--steps", type=count(0), default=0, help="training steps (ELBO) before measuring "
                    "(default 0: at initialization, where no gradient is near zero)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.fast:
         args.ks, args.repeats = "1,3,10,30", 100
     ks = [int(k) for k in args.ks.split(",")]

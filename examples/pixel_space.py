@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import out_dir, parser, train_quickly
+from _study_common import count, number, out_dir, parse, parser, train_quickly
 
 import minivae
 from minivae.plots import study as study_plots
@@ -30,12 +30,14 @@ FRACTIONS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "pixel_space")
     p.set_defaults(dtype="float32")
-    p.add_argument("--cut", type=float, default=0.2, help="fraction of the digit's rows cut away")
-    p.add_argument("--train", type=int, default=10000, help="training digits of the two VAEs")
-    p.add_argument("--steps", type=int, default=1500, help="training steps of each VAE (batch 100)")
-    p.add_argument("--variance", type=float, default=0.5,
+    p.add_argument("--cut", type=number(0.0, 1.0), default=0.2, help="fraction of the digit's rows cut away")
+    p.add_argument("--train", type=count(), default=10000, help="training digits of the two VAEs")
+    p.add_argument("--steps", type=count(0), default=1500, help="training steps of each VAE (batch 100)")
+    p.add_argument("--variance", type=number(0.0), default=0.5,
                    help="the Gaussian decoder's variance (0.5: the summed MSE loss, 0.5 * ||x - mean||^2 / 0.5)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
+    if args.train > 60000:
+        p.error(f"argument --train: at most 60000 (the training set), got {args.train}")
     if args.fast:
         args.train, args.steps = 2000, 200
     out = out_dir(args.out)

@@ -199,6 +199,12 @@ INVALID = {
     "unknown activation": (["--activation", "swish"], "argument --activation: invalid choice: 'swish'"),
     "unknown flag": (["--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
     "abbreviated flag": (["--epoch", "1"], "unrecognized arguments: --epoch 1"),
+    "k 0": (["--objective", "iwae", "--k", "0"], "k must be a positive integer, got 0"),
+    "k with the ELBO": (["--k", "5"], "k and estimator belong to the IWAE objective"),
+    "unknown estimator": (["--estimator", "score"], "argument --estimator: invalid choice: 'score'"),
+    "IWAE with beta": (["--objective", "iwae", "--beta", "0.5"], "the IWAE objective has no KL weight"),
+    "IWAE with n-samples": (["--objective", "iwae", "--n-samples", "3"], "not n_samples (got 3)"),
+    "unknown lr schedule": (["--lr-schedule", "cosine"], "argument --lr-schedule: invalid choice: 'cosine'"),
 }
 
 
@@ -550,6 +556,22 @@ STUDY_INVALID = {
     ("prior_ring", "seed -1"): (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
     ("prior_ring", "out a file"): (["--out", "FILE"], "is a file, not a folder"),
     ("prior_ring", "float16"): (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    ("inference_gap", "examples 0"): (["--examples", "0"], "argument --examples: must be >= 1, got 0"),
+    ("inference_gap", "examples above the data"): (["--examples", "6000"], "at most 5000 (the data set), got 6000"),
+    ("inference_gap", "grid 1"): (["--grid", "1"], "argument --grid: must be >= 2, got 1"),
+    ("inference_gap", "ascent-steps -1"): (["--ascent-steps", "-1"], "argument --ascent-steps: must be >= 0"),
+    ("iwae_snr", "ks 0"): (["--ks", "1,0"], "argument --ks: must be >= 1, got 0"),
+    ("iwae_snr", "ks not numbers"): (["--ks", "1,x"], "argument --ks: not an integer: 'x'"),
+    ("iwae_snr", "repeats 1"): (["--repeats", "1"], "argument --repeats: must be >= 2, got 1"),
+    ("iwae_snr", "examples 0"): (["--examples", "0"], "argument --examples: must be >= 1, got 0"),
+    ("iwae_snr", "out a file"): (["--out", "FILE"], "is a file, not a folder"),
+    ("pixel_space", "cut 0"): (["--cut", "0"], "argument --cut: must be a finite number in (0, 1), got 0"),
+    ("pixel_space", "cut 1"): (["--cut", "1"], "argument --cut: must be a finite number in (0, 1), got 1"),
+    ("pixel_space", "train 0"): (["--train", "0"], "argument --train: must be >= 1, got 0"),
+    ("pixel_space", "train above the data"): (["--train", "70000"], "at most 60000 (the training set)"),
+    ("pixel_space", "variance 0"): (["--variance", "0"], "argument --variance: must be a finite number > 0"),
+    ("pixel_space", "variance NaN"): (["--variance", "nan"], "argument --variance: must be a finite number > 0"),
+    ("pixel_space", "steps -1"): (["--steps", "-1"], "argument --steps: must be >= 0, got -1"),
 }
 
 
@@ -558,7 +580,7 @@ def study_examples():
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         modules = {}
-        for name in ("elbo_gap", "gradient_variance", "prior_ring"):
+        for name in ("elbo_gap", "gradient_variance", "prior_ring", "inference_gap", "iwae_snr", "pixel_space"):
             spec = importlib.util.spec_from_file_location(f"{name}_probes", ROOT / "examples" / f"{name}.py")
             modules[name] = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(modules[name])
