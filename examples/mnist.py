@@ -467,9 +467,6 @@ def run_in(out, args, argv, started) -> int:
               file=sys.stderr)
         return interrupted(error)
     eval_seconds = time.perf_counter() - eval_began
-    pictures = draw_pictures(model, args, x_test, test_set.labels, trainer.history, note, out,
-                             list(spec.classes) if args.dataset != "mnist" else None, stats["kl_per_dim"])
-
     seconds = trainer.history["seconds"]
     metrics = {
         "command": ["python", "examples/mnist.py", *argv],
@@ -495,12 +492,13 @@ def run_in(out, args, argv, started) -> int:
         "timing": {"train_seconds": train_seconds, "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
                    "eval_seconds": eval_seconds, "total_seconds": time.perf_counter() - started},
         "history": trainer.history,
-        "files": {"checkpoint": str(checkpoint), "pictures": pictures},
+        "files": {"checkpoint": str(checkpoint), "pictures": []},   # filled in once they are drawn
         "versions": {"minivae": minivae.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         # the last bits of a float32 run depend on it (compiled CPU kernels or NumPy passes)
         "kernels": describe_kernels(backend, args.dtype),
     }
+    # the numbers are written before the pictures are drawn, so that a failing figure loses none of them
     write_json(out / "metrics.json", metrics)
 
     where = f"{len(test_set):,} test digits" + (f"; {note}" if note else "")
@@ -509,6 +507,11 @@ def run_in(out, args, argv, started) -> int:
     if iwae is not None:
         print(f"IWAE-{iwae.k}: -log p(x) <= {iwae.neg_log_px:.2f} nats (on {iwae.log_px.size:,} test digits, "
               f"{iwae.seconds:.1f} s)")
+    pictures = draw_pictures(model, args, x_test, test_set.labels, trainer.history, note, out,
+                             list(spec.classes) if args.dataset != "mnist" else None, stats["kl_per_dim"])
+    metrics["files"]["pictures"] = pictures
+    metrics["timing"]["total_seconds"] = time.perf_counter() - started
+    write_json(out / "metrics.json", metrics)
     print(f"active units: {stats['active_units']}/{model.latent_dim} | training {train_seconds:.1f} s, "
           f"evaluation {eval_seconds:.1f} s | wrote {out}/: metrics.json, checkpoint.npz, "
           + ", ".join(Path(p).name for p in pictures))

@@ -608,3 +608,18 @@ def test_a_study_example_with_backend_cupy_without_a_gpu(study_examples, capsys,
     with pytest.raises(SystemExit) as stop:
         study_examples["prior_ring"].main(["--backend", "cupy", "--out", str(tmp_path / "out")])
     assert_one_line_error(stop.value.code, capsys.readouterr().err, "backend 'cupy' was requested but CuPy")
+
+
+def test_a_failing_figure_loses_no_number(mnist, capsys, tmp_path, monkeypatch):
+    """(was: the pictures were drawn before metrics.json was written, so a figure that failed,
+    e.g. matplotlib missing, lost the evaluation it came after, IWAE-5000 included)"""
+    def no_matplotlib(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+    monkeypatch.setattr(mnist, "draw_pictures", no_matplotlib)
+    out = tmp_path / "out"
+    with pytest.raises(ModuleNotFoundError):
+        mnist.main([str(a) for a in (*TINY, "--epochs", "1", "--iwae-k", "5", "--out", out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1 and metrics["files"]["pictures"] == []
+    assert np.isfinite(metrics["final"]["heldout_neg_elbo"]) and metrics["final"]["iwae"]["k"] == 5
+    assert "final held-out -ELBO" in capsys.readouterr().out
