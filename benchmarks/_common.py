@@ -80,6 +80,13 @@ def cpu_description():
     return info
 
 
+def median_ratio(impls, a, b):
+    """The median time of implementation ``a`` over that of ``b`` in ``impls`` ({name: {"median_s": ...}}),
+    or None where either was not measured."""
+    ta, tb = (impls.get(name, {}).get("median_s") for name in (a, b))
+    return None if ta is None or tb is None else ta / tb
+
+
 def load_average():
     try:
         return [round(x, 2) for x in os.getloadavg()]

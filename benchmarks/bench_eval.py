@@ -18,6 +18,7 @@ minivae. The weights are random (the cost does not depend on them). Outputs: ``<
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -242,11 +243,7 @@ def run(args, argv_for_record):
 
 
 def ratios(impls):
-    def t(name):
-        return impls.get(name, {}).get("median_s")
-
-    def ratio(a, b):
-        return None if t(a) is None or t(b) is None else t(a) / t(b)
+    ratio = functools.partial(common.median_ratio, impls)
     return {"torch/minivae": ratio("torch", "minivae"),                 # minivae's speed-up over PyTorch
             "minivae/gemm-floor": ratio("minivae", "gemm-floor"),        # how far from the floor
             "minivae-reference/minivae": ratio("minivae-reference", "minivae")}

@@ -15,6 +15,7 @@ machine and the exact command), ``<name>.md`` (a table) and ``<name>.png`` (the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -137,11 +138,7 @@ def run(args, argv_for_record, on_row=None):
 
 
 def ratios(impls):
-    def t(name):
-        return impls.get(name, {}).get("median_s")
-
-    def ratio(a, b):
-        return None if t(a) is None or t(b) is None else t(a) / t(b)
+    ratio = functools.partial(common.median_ratio, impls)
     out = {}
     for backend in ("numpy", "cupy"):
         mine = f"minivae-{backend}"

@@ -143,6 +143,20 @@ def train_quickly(model, x, steps=1500, batch_size=64, lr=3e-3, seed=0, log=prin
     return model
 
 
+def trained_2d_model(args, n_data=5000):
+    """The 2-D latent model of the gap examples, trained briefly on ``args.data`` (tanh; 128 hidden
+    units for 14 x 14 MNIST, 64 for the 8 x 8 blobs): ``(model, x, side)``, where ``x`` are the
+    last ``args.examples`` images of the data, on the model's device, and ``side`` their width."""
+    data, side = dataset(args.data, n_data, seed=args.seed)
+    hidden = [128] if side == 14 else [64]
+    model = minivae.VAE(data.shape[1], hidden, 2, activation="tanh", backend=args.backend,
+                        dtype=args.dtype, seed=args.seed)
+    print(f"{model}; data {data.shape} ({side} x {side}), dtype {args.dtype}")
+    x_all = model.backend.to_device(data, dtype=model.dtype)
+    train_quickly(model, x_all, steps=args.steps, batch_size=100, seed=args.seed)
+    return model, x_all[-args.examples:], side
+
+
 def out_dir(path):
     os.makedirs(path, exist_ok=True)
     return Path(path)

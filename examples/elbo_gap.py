@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from _study_common import count, counts, dataset, out_dir, parse, parser, train_quickly
+from _study_common import count, counts, out_dir, parse, parser, trained_2d_model
 
 import minivae
 from minivae.plots import study as study_plots
@@ -43,14 +43,7 @@ def main(argv=None):
     out = out_dir(args.out)
     start = time.perf_counter()
 
-    data, side = dataset(args.data, 5000, seed=args.seed)
-    hidden = [128] if side == 14 else [64]
-    model = minivae.VAE(data.shape[1], hidden, 2, activation="tanh", backend=args.backend,
-                        dtype=args.dtype, seed=args.seed)
-    print(f"{model}; data {data.shape} ({side} x {side}), dtype {args.dtype}")
-    x_all = model.backend.to_device(data, dtype=model.dtype)
-    train_quickly(model, x_all, steps=args.steps, batch_size=100, seed=args.seed)
-    x = x_all[-args.examples:]
+    model, x, side = trained_2d_model(args)
 
     t = time.perf_counter()
     grid = posterior.latent_grid(model, x, n_grid=args.grid)
