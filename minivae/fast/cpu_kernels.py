@@ -45,6 +45,10 @@ class CompiledKernels(ArrayKernels):
 
     def reparameterize_kl(self, mu, logvar, eps, z, sigma, tmp):
         library, NK = self._library(mu), _sample_stride(eps, z)
+        if library is not None and NK is not None:
+            total = library.reparameterize_kl(mu, logvar, eps, z, NK)     # float32
+            if total is not None:
+                return mu.dtype.type(total)
         if (library is not None and NK is not None and mu.ndim == 2
                 and library.launch("reparameterize_kl", *mu.shape, mu, logvar, eps, eps.shape[0], NK, tmp, z)):
             return self.xp.add.reduce(tmp, axis=None)
@@ -52,6 +56,9 @@ class CompiledKernels(ArrayKernels):
 
     def reparameterize_kl_backward(self, dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp):
         library, NK = self._library(mu), _sample_stride(eps, dz)
+        if library is not None and NK is not None and library.reparameterize_kl_backward(
+                dz, eps, mu, logvar, c, dmu, dlogvar, NK):       # float32
+            return
         if (library is not None and NK is not None and mu.ndim == 2
                 and library.launch("reparameterize_kl_backward", *mu.shape, mu, logvar, dz, eps,
                                    eps.shape[0], NK, c, dmu, dlogvar)):

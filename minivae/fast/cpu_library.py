@@ -10,7 +10,11 @@ lock for the call, a pass of the training step is one call instead of several Nu
 * bias + ReLU / leaky ReLU, and the derivatives of ReLU, leaky ReLU, tanh and sigmoid (from the
   layer's output): one pass each instead of two to four;
 * the reparameterization with the KL term, forward and backward: one pass each instead of ten;
-* the Bernoulli loss with its gradient (:data:`BERNOULLI_SOURCE`): one pass; the sum in double;
+* the Bernoulli loss with its gradient: one pass; in float64 :data:`BERNOULLI_SOURCE` (the sum in
+  double), in float32 ``bernoulli_float`` of :data:`FAST_MATH_SOURCE` (a vectorized exp and log, float
+  sums per block of 256 pixels added up in double);
+* the reparameterization with the KL term in float32, forward and backward, as vectorized loops
+  (``reparameterize_kl_float``; the KL sum in double);
 * bias + tanh with a vectorized tanh, and the importance weights of the evaluation
   (:mod:`minivae.fast.iwae`: z and the latent terms; bias + Bernoulli log-likelihood summed per
   row), one pass each (:data:`FAST_MATH_SOURCE`).
@@ -58,47 +62,17 @@ FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-
          "-shared", "-fPIC")
 C_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
 
-# The Bernoulli NLL for the CPU. The CUDA kernel "bernoulli" writes every entry's NLL, then a
-# device-wide sum adds them up; a CPU loop adds them as it goes. With e = exp(-|l|):
+# The Bernoulli NLL for the CPU, float64 data (float32 data: ``bernoulli_float`` in
+# :data:`FAST_MATH_SOURCE`). The CUDA kernel "bernoulli" writes every entry's NLL, then a device-wide
+# sum adds them up; a CPU loop adds them as it goes. With e = exp(-|l|):
 #     nll = max(l, 0) - x l + log(1 + e),   l <- scale (sigma(l) - x),   sigma(l) = [l >= 0 ? 1 : e] / (1 + e).
-# Everything is computed in double and the sum kept in double. The logs: sum log(1 + e) = log of the
-# product of the factors (1 + e) of a group of entries (each factor in (1, 2]: a product of GROUP
-# of them stays below 2^GROUP, no overflow), one log per group instead of a log1p per entry. For
-# float data exp is a polynomial that the compiler vectorizes (relative error < 2e-10, far below
-# float's 6e-8); for double data it is the library's exp.
+# The logs: sum log(1 + e) = log of the product of the factors (1 + e) of a group of entries (each
+# factor in (1, 2]: a product of GROUP of them stays below 2^GROUP, no overflow), one log per group
+# instead of a log1p per entry.
 BERNOULLI_SOURCE = r"""
 #include <cstring>
 
 static const long long GROUP = 256;
-
-// exp(x) for x <= 0, to float accuracy: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor
-// series to r^8 (remainder < 2e-10 relative), 2^n put into the exponent bits. n comes out of the
-// rounding of x / ln2 + 1.5 * 2^52, whose low bits hold n; below -104 the result (< 7e-46)
-// rounds to 0 in float anyway.
-static inline double exp_nonpositive(double x, float) {
-  const double ROUND = 6755399441055744.0;  // 1.5 * 2^52
-  x = x < -104.0 ? -104.0 : x;
-  const double shifted = x * 1.4426950408889634 + ROUND;
-  const double n = shifted - ROUND;
-  const double r = x - n * 0.6931471805599453;
-  double p = 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  long long bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + 1023) << 52;   // the low bits hold n: 2^n as a double
-  double two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
-
-static inline double exp_nonpositive(double x, double) { return std::exp(x); }
 
 // Sum of the NLL of a (rows, cols) block; the logits l become scale (sigma(l) - x).
 extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long long rows,
@@ -113,7 +87,7 @@ extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long 
 #pragma omp simd reduction(+:linear) reduction(*:product)
       for (long long j = j0; j < j1; ++j) {
         const double v = l[j], xj = x[j];
-        const double e = exp_nonpositive(-std::fabs(v), T());
+        const double e = std::exp(-std::fabs(v));
         linear += (v > 0.0 ? v : 0.0) - xj * v;
         product *= 1.0 + e;
         l[j] = (T)(scale * ((v >= 0.0 ? 1.0 : e) / (1.0 + e) - xj));
@@ -140,9 +114,10 @@ extern "C" HOST_KERNEL double bernoulli(T* _l, const T* _x, const T scale, long 
 # max(a, 0) + log(1 + exp(-|a|)); the logs as one log of the product of a group of the factors
 # (1 + e) in (1, 2] (64 of them < 2^64: no overflow in float), accumulated in double per row.
 FAST_MATH_SOURCE = r"""
-static const float EXP_CLAMP = -87.0f;  // exp(-87) ~ 1.6e-38: still a normal float
+static const float EXP_CLAMP = -87.0f;       // exp(-87) ~ 1.6e-38: still a normal float
+static const float EXP_CLAMP_HIGH = 88.0f;   // exp(88) ~ 1.7e38: below float's largest, 3.4e38
 
-// exp(x) = 2^n (1 + q) for x <= 0: returns 2^n and q
+// exp(x) = 2^n (1 + q), x clamped to [-87, 88]: returns 2^n and q
 struct ExpParts { float two_n, q; };
 
 static inline float float_from_bits(int bits) {
@@ -158,6 +133,7 @@ static inline float float_from_bits(int bits) {
 static inline ExpParts exp_parts(float x) {
   const float ROUND = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
   x = x < EXP_CLAMP ? EXP_CLAMP : x;
+  x = x > EXP_CLAMP_HIGH ? EXP_CLAMP_HIGH : x;
   const float n = (x * 1.44269504088896341f + ROUND) - ROUND;
   float r = x - n * 0.693359375f;        // ln2 = 0.693359375 - 2.12194440e-4 (the first part exact)
   r = r + n * 2.12194440e-4f;
@@ -173,6 +149,16 @@ static inline ExpParts exp_parts(float x) {
 static inline float exp_nonpositive_f(float x) {
   const ExpParts e = exp_parts(x);
   return e.two_n + e.two_n * e.q;
+}
+
+// exp(x) for any float x: 0 where expf underflows to a subnormal or 0 (x < -87.34), inf where it
+// overflows (x > 88.72), NaN for NaN
+static inline float exp_float(float x) {
+  const ExpParts e = exp_parts(x);
+  float v = e.two_n + e.two_n * e.q;
+  v = x < -87.33654f ? 0.0f : v;
+  v = x > 88.72283f ? INFINITY : v;
+  return x != x ? x : v;
 }
 
 static inline float tanh_fast(float x) {
@@ -201,12 +187,22 @@ static inline int bits_of(float v) {
 #endif
 }
 
-// The logs as one log per row: each SIMD lane keeps a product of factors (1 + e) in (1, 2] as a
+// The logs of a row as one log: each SIMD lane keeps a product of factors (1 + e) in (1, 2] as a
 // mantissa in [1, 2) and an exponent (the product's exponent bits are moved into an integer sum
 // after every factor: no overflow for any row length). One horizontal reduction per row. (The
 // lanes' share of a row depends on the instruction set and on where the vector loop starts, i.e.
-// on the data's alignment: the last bits of a float32 bound may differ between machines or buffers,
+// on the data's alignment: the last bits of a float32 sum may differ between machines or buffers,
 // within float32 rounding.)
+static inline void multiply_into(float& mantissa, int& exponent, float factor) {
+  const int m = bits_of(mantissa * factor);
+  exponent += (m >> 23) - 127;
+  mantissa = float_from_bits((m & 0x007fffff) | 0x3f800000);
+}
+
+static inline double log_of(float mantissa, int exponent) {
+  return std::log((double)mantissa) + 0.6931471805599453 * exponent;
+}
+
 static inline double bernoulli_row(const float* l, const float* b, const float* x, long long cols) {
   float linear = 0.0f, mantissa = 1.0f;
   int exponent = 0;
@@ -214,11 +210,9 @@ static inline double bernoulli_row(const float* l, const float* b, const float* 
   for (long long j = 0; j < cols; ++j) {
     const float a = l[j] + b[j];
     linear += x[j] * a - (a > 0.0f ? a : 0.0f);
-    const int m = bits_of(mantissa * (1.0f + exp_nonpositive_f(-std::fabs(a))));
-    exponent += (m >> 23) - 127;
-    mantissa = float_from_bits((m & 0x007fffff) | 0x3f800000);
+    multiply_into(mantissa, exponent, 1.0f + exp_nonpositive_f(-std::fabs(a)));
   }
-  return (double)linear - (std::log((double)mantissa) + 0.6931471805599453 * exponent);
+  return (double)linear - log_of(mantissa, exponent);
 }
 
 static inline double bernoulli_row(const double* l, const double* b, const double* x, long long cols) {
@@ -260,6 +254,102 @@ extern "C" HOST_KERNEL void iwae_latent(const T* mu, const T* sigma, const doubl
     out[r] = 0.5 * (double)acc + half[e];
   }
 }
+
+// The training step's passes for float32 data (the CUDA formulas "bernoulli", "reparameterize_kl"
+// and "reparameterize_kl_backward", with the exponentials above: vectorized, to float precision).
+// The sums over a row in float per SIMD lane, over the rows in double.
+
+// Sum of the Bernoulli NLL of a (rows, cols) block, e = exp(-|l|): max(l, 0) - x l + log(1 + e);
+// the logits l become scale (sigma(l) - x), sigma(l) = [l >= 0 ? 1 : e] / (1 + e).
+extern "C" HOST_KERNEL double bernoulli_float(float* _l, const float* _x, const float scale, long long rows,
+                                              long long cols, long long ld_l, long long ld_x) {
+  const long long BLOCK = 256;   // columns per float sum: the sums of a wide row stay accurate
+  double total = 0.0;
+  for (long long r = 0; r < rows; ++r) {
+    float* l = _l + r * ld_l;
+    const float* x = _x + r * ld_x;
+    float row_mantissa = 1.0f;
+    int row_exponent = 0;
+    for (long long j0 = 0; j0 < cols; j0 += BLOCK) {
+      const long long j1 = j0 + BLOCK < cols ? j0 + BLOCK : cols;
+      float linear = 0.0f, mantissa = 1.0f;
+      int exponent = 0;
+#pragma omp simd reduction(+:linear, exponent) reduction(*:mantissa)
+      for (long long j = j0; j < j1; ++j) {
+        const float v = l[j], xj = x[j];
+        const float e = exp_nonpositive_f(-std::fabs(v));
+        linear += (v > 0.0f ? v : 0.0f) - xj * v;
+        multiply_into(mantissa, exponent, 1.0f + e);
+        l[j] = scale * ((v >= 0.0f ? 1.0f : e) / (1.0f + e) - xj);
+      }
+      total += linear;
+      multiply_into(row_mantissa, row_exponent, mantissa);   // mantissa < 2^16: the lanes' product
+      row_exponent += exponent;
+    }
+    total += log_of(row_mantissa, row_exponent);
+  }
+  return total;
+}
+
+// z = mu + sigma eps (sigma = exp(logvar / 2)) for the L samples; returns sum KL =
+// 1/2 sum (mu^2 + exp(logvar) - logvar - 1). mu, logvar (rows, K) with rows ld apart; eps and z
+// (L, rows, K): rows K apart, samples NK apart.
+extern "C" HOST_KERNEL double reparameterize_kl_float(const float* mu, const float* logvar, const float* eps,
+                                                      float* z, long long L, long long NK, long long rows,
+                                                      long long K, long long ld) {
+  double total = 0.0;
+  for (long long r = 0; r < rows; ++r) {
+    const float* m = mu + r * ld;
+    const float* lv = logvar + r * ld;
+    float acc = 0.0f;
+#pragma omp simd reduction(+:acc)
+    for (long long j = 0; j < K; ++j) {
+      const float v = lv[j];
+      z[r * K + j] = m[j] + exp_float(0.5f * v) * eps[r * K + j];
+      acc += m[j] * m[j] + exp_float(v) - v - 1.0f;
+    }
+    for (long long l = 1; l < L; ++l) {
+#pragma omp simd
+      for (long long j = 0; j < K; ++j) {
+        z[l * NK + r * K + j] = m[j] + exp_float(0.5f * lv[j]) * eps[l * NK + r * K + j];
+      }
+    }
+    total += 0.5 * (double)acc;
+  }
+  return total;
+}
+
+// dmu = sum_l dz + c mu;  dlogvar = sigma/2 sum_l dz eps + c (exp(logvar) - 1) / 2 (layouts as above;
+// dmu, dlogvar like mu, logvar)
+extern "C" HOST_KERNEL void reparameterize_kl_backward_float(const float* mu, const float* logvar,
+                                                             const float* dz, const float* eps, const float c,
+                                                             float* dmu, float* dlogvar, long long L, long long NK,
+                                                             long long rows, long long K, long long ld) {
+  for (long long r = 0; r < rows; ++r) {
+    const float* m = mu + r * ld;
+    const float* lv = logvar + r * ld;
+    float* dm = dmu + r * ld;
+    float* dlv = dlogvar + r * ld;
+#pragma omp simd
+    for (long long j = 0; j < K; ++j) {          // the sums over the samples, in dmu and dlogvar
+      dm[j] = dz[r * K + j];
+      dlv[j] = dz[r * K + j] * eps[r * K + j];
+    }
+    for (long long l = 1; l < L; ++l) {
+#pragma omp simd
+      for (long long j = 0; j < K; ++j) {
+        dm[j] += dz[l * NK + r * K + j];
+        dlv[j] += dz[l * NK + r * K + j] * eps[l * NK + r * K + j];
+      }
+    }
+#pragma omp simd
+    for (long long j = 0; j < K; ++j) {
+      const float v = lv[j];
+      dm[j] = dm[j] + c * m[j];
+      dlv[j] = 0.5f * exp_float(0.5f * v) * dlv[j] + 0.5f * c * (exp_float(v) - 1.0f);
+    }
+  }
+}
 """
 
 _lock = threading.Lock()
@@ -299,6 +389,14 @@ class HostKernels:
         self._log_likelihood.argtypes, self._log_likelihood.restype = [P, P, P, I, I, I, I, I, P], None
         self._latent = library.iwae_latent
         self._latent.argtypes, self._latent.restype = [P, P, P, P, P, I, I, I, P], None
+        F, D = ctypes.c_float, ctypes.c_double
+        self._bernoulli_float = library.bernoulli_float
+        self._bernoulli_float.argtypes, self._bernoulli_float.restype = [P, P, F, I, I, I, I], D
+        self._reparameterize = library.reparameterize_kl_float
+        self._reparameterize.argtypes, self._reparameterize.restype = [P, P, P, P, I, I, I, I, I], D
+        self._reparameterize_backward = library.reparameterize_kl_backward_float
+        self._reparameterize_backward.argtypes = [P, P, P, P, F, P, P, I, I, I, I, I]
+        self._reparameterize_backward.restype = None
 
     def launch(self, name, rows, cols, *args):
         """Run kernel ``name`` over a (rows, cols) grid, its arguments in the CUDA kernel's order:
@@ -332,9 +430,9 @@ class HostKernels:
                 or logits.dtype != self.dtype or x.dtype != self.dtype
                 or not (logits.flags.aligned and x.flags.aligned)):
             return None
-        start, step = logits.ctypes.data, N * ld_l * self.dtype.itemsize
-        return sum(self._bernoulli(start + k * step, x.ctypes.data, scale, N, D, ld_l, ld_x)
-                   for k in range(M // N))
+        start, step, x_data = logits.ctypes.data, N * ld_l * self.dtype.itemsize, x.ctypes.data
+        function = self._bernoulli_float if self.dtype == np.float32 else self._bernoulli
+        return sum(function(start + k * step, x_data, scale, N, D, ld_l, ld_x) for k in range(M // N))
 
     def _fits(self, *arrays):
         return all(a.dtype == self.dtype and a.flags.aligned for a in arrays)
@@ -367,6 +465,41 @@ class HostKernels:
         self._log_likelihood(logits.ctypes.data, b.ctypes.data, x.ctypes.data, n, rows, D, ld_l, ld_x,
                              log_w.ctypes.data)
         return True
+
+    def reparameterize_kl(self, mu, logvar, eps, z, NK):
+        """z = mu + exp(logvar / 2) eps; returns the KL term summed (a float). mu, logvar (rows, K)
+        with contiguous rows; eps, z (L, rows, K) with contiguous (rows, K) blocks NK elements
+        apart (:func:`minivae.fast.cpu_kernels._sample_stride`). None, and nothing done, for
+        another layout or float64 (the generic kernel "reparameterize_kl" takes those)."""
+        ld = self._head_stride(mu, logvar, eps)
+        if ld is None or not self._fits(z):
+            return None
+        L, rows, K = eps.shape
+        return self._reparameterize(mu.ctypes.data, logvar.ctypes.data, eps.ctypes.data, z.ctypes.data,
+                                    L, NK, rows, K, ld)
+
+    def reparameterize_kl_backward(self, dz, eps, mu, logvar, c, dmu, dlogvar, NK):
+        """dmu = sum_l dz + c mu; dlogvar = exp(logvar / 2)/2 sum_l dz eps + c (exp(logvar) - 1)/2
+        (layouts as :meth:`reparameterize_kl`; dmu, dlogvar those of mu, logvar). False, and
+        nothing done, for another layout or float64."""
+        ld = self._head_stride(mu, logvar, eps)
+        if (ld is None or not self._fits(dz, dmu, dlogvar)
+                or {row_stride(a, *mu.shape) for a in (dmu, dlogvar)} != {ld}):
+            return False
+        L, rows, K = eps.shape
+        self._reparameterize_backward(mu.ctypes.data, logvar.ctypes.data, dz.ctypes.data, eps.ctypes.data,
+                                      c, dmu.ctypes.data, dlogvar.ctypes.data, L, NK, rows, K, ld)
+        return True
+
+    def _head_stride(self, mu, logvar, eps):
+        """The common row stride of float32 mu and logvar (rows, K) for samples eps (L, rows, K);
+        None when there is none or the dtype is not float32."""
+        if self.dtype != np.float32 or mu.ndim != 2 or eps.shape[1:] != mu.shape:
+            return None
+        ld = row_stride(mu, *mu.shape)
+        if ld is None or row_stride(logvar, *mu.shape) != ld or not self._fits(mu, logvar, eps):
+            return None
+        return ld
 
     def iwae_latent(self, mu, sigma, half, eps, z, log_w):
         """z = mu + sigma eps and log_w = log p(z) - log q(z | x) (see the C++ source); eps, z

@@ -104,9 +104,10 @@ def compiled_or_skip(dtype):
 
 
 def test_compiled_bernoulli_over_the_whole_range_of_float32_logits():
-    """Every logit from -120 to 120 (the exponential's polynomial, its range reduction and its
-    clamp below -104), and +-1000: the gradient equals the float64 value rounded to float32, the
-    loss to float32 precision; nothing overflows."""
+    """Every logit from -120 to 120 (the float exponential's polynomial, its range reduction and
+    its clamp below -87), and +-1000, in one row of 200,004 entries: the loss to float32
+    precision, the gradient to the float64 value rounded to float32 up to 2 float32 epsilons of
+    sigma (the exponential's error and the float division); nothing overflows."""
     compiled_or_skip(np.float32)
     logits = np.concatenate([np.linspace(-120, 120, 200_001), [-1000.0, 1000.0, -0.0]])
     x = np.random.default_rng(0).uniform(size=logits.size)
@@ -119,11 +120,12 @@ def test_compiled_bernoulli_over_the_whole_range_of_float32_logits():
         total = CompiledKernels(np).bernoulli(work, x, 0.25, None, None)
     assert total.dtype == np.float32
     assert abs(float(total) - nll64.sum()) <= 1e-7 * np.abs(nll64).sum()
-    np.testing.assert_allclose(work, grad64, rtol=0, atol=0.25 * 0.5 * np.finfo(np.float32).eps)
-    # entry by entry: rounded once, up to the exponential's error (< 1e-9 of sigma), which shows
-    # only where sigma - x cancels
+    eps32 = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(work, grad64, rtol=0, atol=0.25 * 1.5 * eps32)
+    # entry by entry: the rounding of the result, plus sigma's own error, which shows only where
+    # sigma - x cancels
     sigma64 = grad64 / 0.25 + x64
-    bound = 0.5 * np.spacing(np.abs(grad64).astype(np.float32)) + 0.25 * 1e-9 * sigma64
+    bound = 0.5 * np.spacing(np.abs(grad64).astype(np.float32)) + 0.25 * 2 * eps32 * sigma64
     assert np.all(np.abs(work - grad64) <= bound)
 
 
@@ -154,6 +156,58 @@ def test_compiled_passes_on_the_layouts_of_the_split_step(monkeypatch):
     for got, expected in zip(results[1], results[0]):
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-14)
     assert np.all(results[1][1][:, :4] == 0) and np.all(results[1][2][9:] == 0)   # other rows untouched
+
+
+def test_float32_reparameterization_on_the_split_layouts(monkeypatch):
+    """The float32 loops (``reparameterize_kl_float`` and its backward) on the views of the split
+    step (mu and logvar the halves of the head, rows [4, 9) of (L, N, K) buffers), with logvar
+    from -180 to 180 (the exponential's clamps: exp underflows to 0 below -87.3 and overflows to
+    inf above 88.7, as NumPy's float32 exp does): they run (the generic kernel is not called) and
+    equal the float64 array operations rounded to float32, to a few float32 epsilons; the rows
+    outside the view stay untouched."""
+    library = compiled_or_skip(np.float32)
+    monkeypatch.setattr(type(library), "launch", lambda *args: pytest.fail("generic kernel called"))
+    N, K, L, R = 10, 40, 3, slice(4, 9)
+    r = np.random.default_rng(4)
+    head = r.standard_normal((N, 2 * K))
+    head[R, K:] = np.linspace(-180, 180, 5 * K).reshape(5, K)
+    eps, dz = r.standard_normal((L, N, K)), r.standard_normal((L, N, K))
+    head, eps, dz = (a.astype(np.float32).astype(np.float64) for a in (head, eps, dz))  # same inputs
+    results = {}
+    for dtype, kernels in ((np.float64, ArrayKernels(np)), (np.float32, CompiledKernels(np))):
+        h, e, d = head.astype(dtype), eps.astype(dtype), dz.astype(dtype)
+        z, sigma, tmp = np.zeros((L, N, K), dtype), np.zeros((N, K), dtype), np.zeros((N, K), dtype)
+        d_head = np.zeros((N, 2 * K), dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            kl = kernels.reparameterize_kl(h[R, :K], h[R, K:], e[:, R], z[:, R], sigma[R], tmp[R])
+            kernels.reparameterize_kl_backward(d[:, R], e[:, R], h[R, :K], h[R, K:], sigma[R],
+                                               dtype(0.3), d_head[R, :K], d_head[R, K:], tmp[R])
+        results[dtype] = kl, z, d_head
+    kl32, z32, d32 = results[np.float32]
+    kl64, z64, d64 = results[np.float64]
+    assert kl32.dtype == np.float32 and z32.dtype == np.float32
+    assert np.isinf(kl32)                             # exp(180) overflows in float32
+    with np.errstate(over="ignore", invalid="ignore"):   # where z overflows: as in NumPy's float32
+        z_numpy32 = h[R, :K] + np.exp(h[R, K:] / np.float32(2)) * e[:, R]
+    np.testing.assert_array_equal(np.isfinite(z32[:, R]), np.isfinite(z_numpy32))
+    finite = np.abs(head[R, K:]) < 80                 # where float32 represents the values
+    eps32 = float(np.finfo(np.float32).eps)
+    z_tol = 4 * eps32 * (np.abs(head[R, :K]) + np.exp(head[R, K:] / 2) * np.abs(eps[:, R]))
+    assert np.all(np.abs(z32[:, R] - z64[:, R])[:, finite] <= z_tol[:, finite])
+    for part in (slice(0, K), slice(K, 2 * K)):
+        got, expected = d32[R, part][finite], d64[R, part][finite]
+        scale = np.abs(expected) + np.exp(np.abs(head[R, K:][finite]))
+        assert np.all(np.abs(got - expected) <= 8 * eps32 * scale)
+    assert np.all(z32[:, :4] == 0) and np.all(d32[9:] == 0) and np.all(d32[:4] == 0)
+    # the KL of rows with logvar inside float's range: a float sum per row, added up in double
+    head[R, K:] = np.linspace(-30, 30, 5 * K).reshape(5, K)
+    h = head.astype(np.float32)
+    z = np.zeros((L, N, K), np.float32)
+    kl = CompiledKernels(np).reparameterize_kl(h[R, :K], h[R, K:], eps.astype(np.float32)[:, R],
+                                              z[:, R], np.zeros((5, K), np.float32), np.zeros((5, K), np.float32))
+    mu64, lv64 = h[R, :K].astype(np.float64), h[R, K:].astype(np.float64)
+    kl_ref = 0.5 * np.sum(mu64 ** 2 + np.exp(lv64) - lv64 - 1)
+    assert abs(float(kl) - kl_ref) <= 1e-6 * kl_ref
 
 
 def test_row_stride_takes_rows_and_shared_vectors_only():

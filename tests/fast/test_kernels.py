@@ -120,8 +120,8 @@ def test_bernoulli(backend_kernels, L, N, block, monkeypatch):
 
 
 # gradient tolerance in float32 epsilons: the array passes round each step; the compiled pass
-# computes in double and rounds once
-BERNOULLI_FLOAT32_GRAD_EPS = {ArrayKernels: 2.0, CompiledKernels: 0.5}
+# computes in float with a vectorized exponential (measured: 0.75 epsilons at most here)
+BERNOULLI_FLOAT32_GRAD_EPS = {ArrayKernels: 2.0, CompiledKernels: 1.0}
 
 
 @pytest.mark.parametrize("kind", ["array", "compiled"])
