@@ -300,9 +300,9 @@ def torch_deep_vae(spec):
 class Worker:
     """Runs in the child process: builds one framework's implementations and times them."""
 
-    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
+    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None, program=True):
         self.name, self.impls, self.tf32, self.threads = name, {}, tf32, threads
-        self.model_name, self.cpu_threads = model, cpu_threads
+        self.model_name, self.cpu_threads, self.program = model, cpu_threads, program
         if cpu_threads is not None:     # the BLAS and PyTorch's pool: kept for the worker's life
             import numpy  # noqa: F401 - threadpoolctl limits the libraries loaded: load the BLAS first
             from threadpoolctl import threadpool_limits
@@ -334,9 +334,15 @@ class Worker:
         except ImportError:
             pass
         if self.name == "numpy":
+            import minivae
             from minivae.fast import cpu_library as host_kernels
             host_kernels.get("float32")
             out["kernels"] = host_kernels.status()["float32"]   # compiled, or NumPy passes
+            spec = MODELS[self.model_name]
+            model = minivae.VAE(spec["input_dim"], spec["hidden"], spec["latent"], activation=spec["activation"])
+            step = minivae.TrainStep(model, minivae.Adam(model.params), threads=self.threads, program=self.program)
+            # the recorded step replayed in C++, or the Python engine (and why)
+            out["step_runner"] = step.runner if step.program_reason is None else f"{step.runner}: {step.program_reason}"
         if self.name.startswith("torch"):
             torch = self.torch
             out["torch"] = torch.__version__
@@ -373,7 +379,8 @@ class Worker:
             spec = MODELS[self.model_name]
             model = minivae.VAE(spec["input_dim"], spec["hidden"], spec["latent"], activation=spec["activation"],
                                 backend=self.name, seed=0)
-            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads)
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads,
+                                     program=self.program)
             x = model.backend.to_device(host_x)
             xp = model.xp
             self.acc = xp.zeros((), dtype=np.float32)
@@ -453,7 +460,8 @@ class Worker:
             import minivae
             model = minivae.VAE(MODEL["input_dim"], [MODEL["hidden"]], MODEL["latent"],
                                 backend=self.name, seed=0)
-            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads)
+            step = minivae.TrainStep(model, minivae.Adam(model.params, lr=1e-3), threads=self.threads,
+                                     program=self.program)
             xp = model.xp
             data = model.backend.to_device(host_data)          # resident on the device
             batch = xp.empty((B, MODEL["input_dim"]), dtype=np.float32)
@@ -495,9 +503,9 @@ class Worker:
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _worker_main(name, tf32, threads, model, cpu_threads, conn):
+def _worker_main(name, tf32, threads, model, cpu_threads, program, conn):
     try:
-        worker = Worker(name, tf32, threads, model, cpu_threads)
+        worker = Worker(name, tf32, threads, model, cpu_threads, program)
         conn.send(("ok", worker.info()))
     except Exception as error:  # noqa: BLE001 - report any failure to the parent
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -513,12 +521,12 @@ def _worker_main(name, tf32, threads, model, cpu_threads, conn):
 
 
 class WorkerHandle:
-    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
+    def __init__(self, name, tf32=False, threads="auto", model=DEFAULT_MODEL, cpu_threads=None, program=True):
         context = multiprocessing.get_context("spawn")
         self.name = name
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main,
-                                       args=(name, tf32, threads, model, cpu_threads, child),
+                                       args=(name, tf32, threads, model, cpu_threads, program, child),
                                        daemon=True)
         self.process.start()
         status, self.info = self.conn.recv()
@@ -617,14 +625,15 @@ def new_record(benchmark, command, skipped, **details):
 
 
 @contextlib.contextmanager
-def open_workers(names, tf32, record, threads="auto", model=DEFAULT_MODEL, cpu_threads=None):
+def open_workers(names, tf32, record, threads="auto", model=DEFAULT_MODEL, cpu_threads=None, program=True):
     """Start one worker process per framework (their info goes into ``record``), yield the handles
     ``{name: WorkerHandle}``, and close them, recording the load average, however the run ends.
-    ``threads``: minivae's ``TrainStep(threads=...)``."""
+    ``threads``, ``program``: minivae's ``TrainStep(threads=..., program=...)``."""
     handles = {}
     try:
         for name in names:
-            handles[name] = WorkerHandle(name, tf32=tf32, threads=threads, model=model, cpu_threads=cpu_threads)
+            handles[name] = WorkerHandle(name, tf32=tf32, threads=threads, model=model, cpu_threads=cpu_threads,
+                                         program=program)
             record["workers"][name] = handles[name].info
         yield handles
     finally:

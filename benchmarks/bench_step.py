@@ -47,6 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on the GPU")
     parser.add_argument("--threads", choices=["auto", "1", "2"], default="auto",
                         help="minivae's TrainStep(threads=...) on NumPy (default auto: two threads)")
+    parser.add_argument("--runner", choices=["program", "engine"], default="program",
+                        help="minivae's step on NumPy: the recorded step replayed in C++ where it runs "
+                             "(default), or the engine from Python (TrainStep(program=False))")
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="threads of the BLAS and of PyTorch in every worker (threadpoolctl, "
                              "torch.set_num_threads; default: as configured)")
@@ -80,11 +83,11 @@ def run(args, argv_for_record, on_row=None):
                    optimizer="Adam(lr=1e-3)"),
         settings={k: getattr(args, k) for k in ("repeats", "block_seconds", "warmup", "pause", "tf32",
                                                 "threads", "smoke", "max_other_load", "max_retries",
-                                                "max_cpu_batch", "model", "cpu_threads")})
+                                                "max_cpu_batch", "model", "cpu_threads", "runner")})
     record["complete"] = False
     threads = args.threads if args.threads == "auto" else int(args.threads)
     with common.open_workers(names, args.tf32, record, threads=threads, model=args.model,
-                             cpu_threads=args.cpu_threads) as handles:
+                             cpu_threads=args.cpu_threads, program=args.runner == "program") as handles:
         for N in args.batch_sizes:
             row = {"batch": N, "impls": {}}
             steps = {}
@@ -230,7 +233,8 @@ def markdown(record):
     lines += ["", f"Machine: {m.get('cpu_model')} (family/model {m.get('cpu_family_model')}), "
               f"{m.get('logical_cpus')} logical CPUs, {m.get('mem_total')}; "
               f"NumPy {numpy_info.get('numpy')}, BLAS: {', '.join(blas) or 'unknown'}, "
-              f"minivae's CPU kernels: {numpy_info.get('kernels', 'unknown')}"
+              f"minivae's CPU kernels: {numpy_info.get('kernels', 'unknown')}, "
+              f"its step: {numpy_info.get('step_runner', 'unknown')}"
               + (f"; PyTorch {torch_info.get('torch')} ({torch_info.get('torch_blas')}, "
                  f"{torch_info.get('torch_threads')} threads)" if torch_info else "") + ".",
               f"Environment: {record['env'] or 'no OPENBLAS_/OMP_/MKL_ variables set'}; load average "

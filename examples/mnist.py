@@ -497,6 +497,8 @@ def run_in(out, args, argv, started) -> int:
                      "python": platform.python_version()},
         # the last bits of a float32 run depend on it (compiled CPU kernels or NumPy passes)
         "kernels": describe_kernels(backend, args.dtype),
+        # the recorded step replayed in C++ ("program"), the engine from Python, or the reference
+        "step_runner": {"runner": trainer.step.runner, "why_not_program": trainer.step.program_reason},
     }
     # the numbers are written before the pictures are drawn, so that a failing figure loses none of them
     write_json(out / "metrics.json", metrics)

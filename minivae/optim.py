@@ -38,6 +38,7 @@ class Optimizer:
     """
 
     state_names = ()
+    scalar_names = ()    # the coefficients of a step, in the order begin_step() returns them
 
     def __init__(self, params: Mapping[str, Array], lr: float, backend: Backend | str | None = None):
         if not _is_real(lr) or not 0.0 < lr < math.inf:
@@ -126,6 +127,8 @@ class SGD(Optimizer):
         (Nesterov: p <- p - lr * (g + momentum * velocity))
     """
 
+    scalar_names = ("lr", "momentum")
+
     def __init__(self, params: Mapping[str, Array], lr: float = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, backend: Backend | str | None = None):
         if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
@@ -174,6 +177,7 @@ class Adam(Optimizer):
     """
 
     state_names = ("exp_sum", "exp_sum_sq")
+    scalar_names = ("beta1", "beta2", "step_size", "eps_hat")   # see _step_scalars
 
     def __init__(self, params: Mapping[str, Array], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -49,17 +49,21 @@ class Random:
 
         ``out``, when given, is filled (in place, without a temporary where the backend
         ``draws_into_out``) and returned."""
+        return self._draw(self._generator.standard_normal, shape, dtype, out)
+
+    def uniform(self, shape: tuple[int, ...], dtype: DTypeLike, out: Array | None = None) -> Array:
+        """Uniform draws on [0, 1), ``shape``, in ``dtype``, on the backend's device; ``out`` as in
+        :meth:`normal` (the same draws either way)."""
+        return self._draw(self._generator.random, shape, dtype, out)
+
+    def _draw(self, method, shape, dtype, out):
         if out is not None and self.backend.draws_into_out:
-            return self._generator.standard_normal(size=shape, dtype=np.dtype(dtype), out=out)
-        sample = self._on_device(self._generator.standard_normal(size=shape, dtype=np.dtype(dtype)))
+            return method(size=shape, dtype=np.dtype(dtype), out=out)
+        sample = self._on_device(method(size=shape, dtype=np.dtype(dtype)))
         if out is not None:
             out[...] = sample
             return out
         return sample
-
-    def uniform(self, shape: tuple[int, ...], dtype: DTypeLike) -> Array:
-        """Uniform draws on [0, 1), ``shape``, in ``dtype``, on the backend's device."""
-        return self._on_device(self._generator.random(size=shape, dtype=np.dtype(dtype)))
 
     def permutation(self, n: int) -> Array:
         """A random permutation of ``range(n)`` as an integer array on the backend's device."""

@@ -59,6 +59,15 @@ class ArrayKernels:
     def __init__(self, xp):
         self.xp = xp
 
+    # --- the affine map -------------------------------------------------------------------------
+    def matmul(self, a, b, out):
+        """out = a @ b: (M, K) @ (K, N) -> (M, N), into ``out`` (either operand may be a ``.T`` view)."""
+        self.xp.matmul(a, b, out=out)
+
+    def bias_add(self, out, b):
+        """out += b: (rows, cols) plus a bias (cols,) that every row shares."""
+        out += b
+
     # --- bias + activation ----------------------------------------------------------------------
     def bias_activation(self, pre, b, activation, out, tmp):
         """pre += b; out = act(pre). ``out`` may be ``pre`` unless the backward needs ``pre``."""

@@ -44,7 +44,7 @@ class CompiledKernels(ArrayKernels):
         return super().activation_backward(dh, activation, out, pre, tmp, tmp2)
 
     def reparameterize_kl(self, mu, logvar, eps, z, sigma, tmp):
-        library, NK = self._library(mu), _sample_stride(eps, z)
+        library, NK = self._library(mu), sample_stride(eps, z)
         if library is not None and NK is not None:
             total = library.reparameterize_kl(mu, logvar, eps, z, NK)     # float32
             if total is not None:
@@ -55,7 +55,7 @@ class CompiledKernels(ArrayKernels):
         return super().reparameterize_kl(mu, logvar, eps, z, sigma, tmp)
 
     def reparameterize_kl_backward(self, dz, eps, mu, logvar, sigma, c, dmu, dlogvar, tmp):
-        library, NK = self._library(mu), _sample_stride(eps, dz)
+        library, NK = self._library(mu), sample_stride(eps, dz)
         if library is not None and NK is not None and library.reparameterize_kl_backward(
                 dz, eps, mu, logvar, c, dmu, dlogvar, NK):       # float32
             return
@@ -104,7 +104,7 @@ class CompiledKernels(ArrayKernels):
                                                       nesterov, p, velocity)
 
 
-def _sample_stride(eps, other):
+def sample_stride(eps, other):
     """The stride (elements) between the samples of ``eps`` (L, rows, K), when ``eps`` and
     ``other`` share one layout with contiguous (rows, K) blocks (the raw indexing of the
     reparameterization kernels); else None."""

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minivae.fast.program_source import runtime_source
 from minivae.fast.sources import CUDA_KERNELS, SCALAR_PARAMS, host_library_source, kernel_params
 
 OPTIMIZER_KERNELS = ("adam", "sgd", "sgd_momentum")
@@ -59,7 +60,7 @@ NAMES = OPTIMIZER_KERNELS + STEP_KERNELS
 # trapping maths, so that a comparison inside a loop can be vectorized; no fused multiply-add
 # contraction, so that a result does not depend on which instruction set ran
 FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp-simd",
-         "-shared", "-fPIC")
+         "-pthread", "-shared", "-fPIC")
 C_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
 
 # The Bernoulli NLL for the CPU, float64 data (float32 data: ``bernoulli_float`` in
@@ -397,6 +398,13 @@ class HostKernels:
         self._reparameterize_backward = library.reparameterize_kl_backward_float
         self._reparameterize_backward.argtypes = [P, P, P, P, F, P, P, I, I, I, I, I]
         self._reparameterize_backward.restype = None
+        # the runtime of recorded steps (float32 only): minivae.fast.program
+        self.replay_run = getattr(library, "replay_run", None)
+        self.replay_set_gemm = getattr(library, "replay_set_gemm", None)
+        if self.replay_run is not None:
+            self.replay_run.argtypes = [P, I, P, P, P, ctypes.c_int]
+            self.replay_run.restype = ctypes.c_int
+            self.replay_set_gemm.argtypes, self.replay_set_gemm.restype = [P, ctypes.c_int], None
 
     def launch(self, name, rows, cols, *args):
         """Run kernel ``name`` over a (rows, cols) grid, its arguments in the CUDA kernel's order:
@@ -469,7 +477,7 @@ class HostKernels:
     def reparameterize_kl(self, mu, logvar, eps, z, NK):
         """z = mu + exp(logvar / 2) eps; returns the KL term summed (a float). mu, logvar (rows, K)
         with contiguous rows; eps, z (L, rows, K) with contiguous (rows, K) blocks NK elements
-        apart (:func:`minivae.fast.cpu_kernels._sample_stride`). None, and nothing done, for
+        apart (:func:`minivae.fast.cpu_kernels.sample_stride`). None, and nothing done, for
         another layout or float64 (the generic kernel "reparameterize_kl" takes those)."""
         ld = self._head_stride(mu, logvar, eps)
         if ld is None or not self._fits(z):
@@ -577,8 +585,10 @@ def find_compiler():
 
 
 def library_source(dtype):
-    """The C++ source of the CPU kernels for ``dtype`` ("float32" or "float64")."""
-    return host_library_source(C_TYPES[dtype][0], NAMES) + BERNOULLI_SOURCE + FAST_MATH_SOURCE
+    """The C++ source of the CPU kernels for ``dtype`` ("float32" or "float64"); the float32
+    library also holds the runtime of recorded steps (:mod:`minivae.fast.program_source`)."""
+    source = host_library_source(C_TYPES[dtype][0], NAMES) + BERNOULLI_SOURCE + FAST_MATH_SOURCE
+    return source + runtime_source() if dtype == "float32" else source
 
 
 def library_source_and_path(dtype, compiler):

@@ -180,13 +180,14 @@ class FusedStep:
     ``step(x, eps, beta)`` runs both phases over the whole batch; a caller that splits the work
     calls :meth:`deltas` for row ranges and :meth:`parameter_gradients` per network itself."""
 
-    def __init__(self, model, grads, objective="elbo"):
+    def __init__(self, model, grads, objective="elbo", kernels=None):
         reason = unsupported_reason(model, objective)
         if reason is not None:
             raise ValueError(f"the fused step cannot run this model: {reason}; use model.forward_backward")
         self.model, self.grads = model, grads
         self.likelihood = FUSED_LIKELIHOODS[type(model.likelihood_op)](model.likelihood_op)
-        self.kernels = get_kernels(model.backend)
+        # the backend's kernels; minivae.fast.program passes kernels that record the calls instead
+        self.kernels = get_kernels(model.backend) if kernels is None else kernels
         self.workspaces = {}
         self._lock = threading.Lock()   # two threads working on one batch share its workspace
 
@@ -214,7 +215,6 @@ class FusedStep:
         (< PARTS): which scratch row ranges running at the same time use. Returns the partial sums
         of the reconstruction NLL and the KL term."""
         model, k = self.model, self.kernels
-        xp = model.xp
         L, N, K = eps.shape
         ws = self.workspace(N, L)
         r0, r1 = rows if rows is not None else (0, N)
@@ -241,7 +241,7 @@ class FusedStep:
             nll = self.likelihood.loss_and_delta(self.kernels, model, ws, ws.out[S], x[R], scale, part, j == 0)
             nll_sum = nll if nll_sum is None else nll_sum + nll
             delta, W = self._backward(ws, "decoder", S, part)
-            xp.matmul(delta, W.T, out=d_z)
+            k.matmul(delta, W.T, d_z)
         nll_sum = self.likelihood.with_constants(model, nll_sum, (r1 - r0) * L)
 
         # --- latent backward: reparameterization + KL (weight beta / N per example)
@@ -262,28 +262,28 @@ class FusedStep:
         """Rows ``S`` of ``network``: hidden layers (bias + activation fused), then the affine
         last layer into the result buffer (the head, or the decoder's output)."""
         model, k = self.model, self.kernels
-        xp, params = model.xp, model.params
+        params = model.params
         pres, outs, _, result, _, last = self._layers(ws, network)
         for i, (pre, out) in enumerate(zip(pres, outs)):
             pre_rows = pre[S]
-            xp.matmul(h, params[f"{network}.{i}.W"], out=pre_rows)
+            k.matmul(h, params[f"{network}.{i}.W"], pre_rows)
             h = k.bias_activation(pre_rows, params[f"{network}.{i}.b"], model.activation, out[S],
                                   ws.scratch(0, pre_rows.shape, part))
         result_rows = result[S]
-        xp.matmul(h, params[f"{network}.{last}.W"], out=result_rows)
-        result_rows += params[f"{network}.{last}.b"]
+        k.matmul(h, params[f"{network}.{last}.W"], result_rows)
+        k.bias_add(result_rows, params[f"{network}.{last}.b"])
 
     def _backward(self, ws, network, S, part):
         """Rows ``S`` of the hidden layers' deltas, from the result's delta (set by the caller).
         Returns (the first layer's delta, its W) -- the result's delta and the last layer's W
         without hidden layers -- so that the caller may form dx = delta W^T."""
         model, k = self.model, self.kernels
-        xp, params = model.xp, model.params
+        params = model.params
         pres, outs, deltas, _, top, last = self._layers(ws, network)
         delta, W = top[S], params[f"{network}.{last}.W"]
         for i in reversed(range(len(deltas))):
             rows = deltas[i][S]
-            xp.matmul(delta, W.T, out=rows)
+            k.matmul(delta, W.T, rows)
             k.activation_backward(rows, model.activation, outs[i][S], pres[i][S],
                                   ws.scratch(0, rows.shape, part), ws.scratch(1, rows.shape, part))
             delta, W = rows, params[f"{network}.{i}.W"]
@@ -294,7 +294,6 @@ class FusedStep:
         """dW and db of every layer of ``network`` ("encoder" or "decoder") from the deltas of
         all rows; ``parts``: how many row ranges wrote a learned variance's partial gradient."""
         model, grads, k = self.model, self.grads, self.kernels
-        xp = model.xp
         N = x.shape[0]
         ws = self.workspace(N, L)
         _, outs, deltas, _, top, last = self._layers(ws, network)
@@ -304,8 +303,8 @@ class FusedStep:
             inputs = ws.z.reshape(L * N, -1)
             self.likelihood.parameter_gradients(model, ws, grads, parts)
         layer_inputs = [inputs, *outs]
-        xp.matmul(layer_inputs[-1].T, top, out=grads[f"{network}.{last}.W"])
+        k.matmul(layer_inputs[-1].T, top, grads[f"{network}.{last}.W"])
         k.bias_grad(top, grads[f"{network}.{last}.b"])
         for i, delta in enumerate(deltas):
-            xp.matmul(layer_inputs[i].T, delta, out=grads[f"{network}.{i}.W"])
+            k.matmul(layer_inputs[i].T, delta, grads[f"{network}.{i}.W"])
             k.bias_grad(delta, grads[f"{network}.{i}.b"])

@@ -81,7 +81,7 @@ class SGDUpdate(FlatUpdate):
 
     def fused(self, p, g, state, scalars):
         lr, momentum = scalars
-        if not momentum:
+        if "velocity" not in state:       # momentum 0 (the state is made where momentum is not)
             return self.kernels.sgd(g, lr, p)
         return self.kernels.sgd_momentum(g, lr, momentum, 1.0 if self.nesterov else 0.0, p,
                                          state["velocity"])

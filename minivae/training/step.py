@@ -12,9 +12,11 @@ host synchronisation. Validate the data set once before training (the training l
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 from minivae._types import Array
+from minivae.fast import program as recorded
 from minivae.fast.engine import FusedStep, unsupported_reason
 from minivae.fast.threads import PairRunner, single_threaded_blas
 from minivae.model import IWAE_ESTIMATORS, VAE, LossTerms
@@ -27,9 +29,14 @@ class FastPathWarning(UserWarning):
 
 
 # ``threads="auto"`` splits a step between two threads when batch size x parameters reaches this:
-# handing work to a thread costs some 50-100 us, worth it from batch 16 of the 784-400-20 model
-# (650k parameters) up, not for small models.
+# handing work to a Python thread costs some 50-100 us, worth it from batch 16 of the 784-400-20
+# model (650k parameters) up, not for small models. A recorded step (minivae.fast.program) meets
+# its worker at a spinning barrier, a microsecond: worth it from about a tenth of that work
+# (2-core EPYC: a 64-32-4 model breaks even at batch 256, the 784-200-200-50 one gains from batch 4).
 PARALLEL_MIN_WORK = 10_000_000
+PROGRAM_PARALLEL_MIN_WORK = 1_000_000
+# the cores this process may run on ("auto" keeps one thread where there is one)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 OBJECTIVES = ("elbo", "iwae")
@@ -64,6 +71,14 @@ class TrainStep:
     ``fused=False`` runs the reference without a warning. ``step.path`` says which runs
     (``"fused"`` or ``"reference"``), ``step.reason`` why not the fused one (None when it runs).
 
+    ``program=True`` (default): on the CPU, where :func:`minivae.fast.program.unsupported_reason`
+    allows (float32, the NumPy backend with its compiled kernels, ReLU / leaky ReLU / tanh, a
+    Bernoulli decoder, Adam or SGD), the fused step is recorded once per batch shape and replayed
+    in C++ (:class:`minivae.fast.program.ProgramStep`): the same calls in the same order, without
+    the interpreter; on one thread bit for bit the engine's step. ``program=False``, or any other
+    case, runs the engine from Python. ``step.runner`` says which: ``"program"``, ``"engine"`` or
+    ``"reference"``; ``step.program_reason`` why not the program (None when it runs).
+
     ``objective``: ``"elbo"`` (default, :meth:`VAE.forward_backward`) or ``"iwae"``, the
     importance-weighted loss -IWAE_k with ``k`` samples per example and the encoder-gradient
     ``estimator`` ("reparam", "stl" or "dreg"; :meth:`VAE.iwae_forward_backward`). The fused step
@@ -72,17 +87,18 @@ class TrainStep:
     IWAE (the ELBO takes ``n_samples``); an ELBO step refuses ``k != 1`` or another estimator, and
     IWAE refuses ``n_samples != 1`` and ``beta != 1`` (its weights are those of log p(x)).
 
-    ``threads`` (NumPy only): 2 splits each step between two threads (see :meth:`_two_threads`),
-    1 runs it on the calling thread with the BLAS as configured, ``"auto"`` (default) splits when
-    batch size x parameters >= :data:`PARALLEL_MIN_WORK`. A split step sets every loaded BLAS to
-    one thread while it runs and restores the counts after (process-wide: BLAS calls made by
-    other threads during a step run on one thread too). The split only reorders a few additions;
-    a run is reproducible for a given setting.
+    ``threads`` (NumPy only): 2 splits each step between two threads (a program shares every
+    instruction between them; the engine splits as :meth:`_two_threads` says), 1 runs it on the
+    calling thread with the BLAS as configured, ``"auto"`` (default) splits when batch size x
+    parameters >= :data:`PROGRAM_PARALLEL_MIN_WORK` (a program) or :data:`PARALLEL_MIN_WORK` (the
+    engine). A split step sets every loaded BLAS to one thread while it runs and restores the
+    counts after (process-wide: BLAS calls made by other threads during a step run on one thread
+    too). The split only reorders a few additions; a run is reproducible for a given setting.
     """
 
     def __init__(self, model: VAE, optimizer: Optimizer, n_samples: int = 1, fused: bool = True,
                  check_values: bool = False, threads: str | int = "auto", objective: str = "elbo",
-                 k: int = 1, estimator: str = "reparam"):
+                 k: int = 1, estimator: str = "reparam", program: bool = True):
         n_samples = check_count(n_samples, "n_samples")
         if threads not in ("auto", 1, 2):
             raise ValueError(f"threads must be 'auto', 1 or 2, got {threads!r}")
@@ -98,6 +114,13 @@ class TrainStep:
         self.fused = self.reason is None
         self.path = "fused" if self.fused else "reference"
         self._engine = FusedStep(model, self.grads) if self.fused else None
+        # the fused step recorded and replayed in C++ where it can be (minivae.fast.program)
+        self.program_reason = ("program=False" if not program else
+                               recorded.unsupported_reason(model, optimizer, objective) if self.fused
+                               else "the fused step does not run")
+        self._program = (recorded.ProgramStep(model, optimizer, self.grads) if self.program_reason is None
+                         else None)
+        self.runner = "program" if self._program is not None else "engine" if self.fused else "reference"
         # two threads where the backend's split_step allows (not CuPy: one device)
         self.threads = threads if model.backend.split_step != "never" and self.fused else 1
         self._pair = None
@@ -125,11 +148,14 @@ class TrainStep:
         x = model.xp.ascontiguousarray(x)
         N = x.shape[0]
         if eps is None:
-            eps = self._engine.workspace(N, self.n_samples).eps
+            eps = (self._program.noise(N, self.n_samples) if self._program is not None
+                   else self._engine.workspace(N, self.n_samples).eps)
             model.random.normal(eps.shape, model.dtype, out=eps)
         else:
             eps = check_eps(eps, model, N, values=self.check_values)   # in C order
-        if self._use_two_threads(N):
+        if self._program is not None:
+            nll_sum, kl_sum = self._program(x, eps, beta, 2 if self._use_two_threads(N) else 1)
+        elif self._use_two_threads(N):
             nll_sum, kl_sum = self._two_threads(x, eps, beta)
         else:
             nll_sum, kl_sum = self._engine(x, eps, beta)
@@ -141,8 +167,9 @@ class TrainStep:
 
     def _use_two_threads(self, N):
         if self.threads == "auto":
-            return (self.model.backend.split_step == "auto" and N >= 2
-                    and N * self.model.params.flat.size >= PARALLEL_MIN_WORK)
+            minimum = PARALLEL_MIN_WORK if self._program is None else PROGRAM_PARALLEL_MIN_WORK
+            return (self.model.backend.split_step == "auto" and N >= 2 and CORES >= 2
+                    and N * self.model.params.flat.size >= minimum)
         return self.threads == 2 and N >= 2
 
     def _two_threads(self, x, eps, beta):

@@ -53,6 +53,8 @@ def test_smoke_run_writes_pictures_and_metrics(tmp_path):
     assert metrics["run"]["smoke"] is True and metrics["run"]["backend"] == "strict"
     assert metrics["backend"] == "strict" and metrics["epochs_completed"] == 2
     assert metrics["kernels"] == "NumPy passes"   # which kernels ran: the last bits depend on it
+    assert metrics["step_runner"] == {"runner": "engine", "why_not_program":
+                                      "the strict backend's kernels are not compiled for the CPU"}
     assert metrics["model"]["hidden_dims"] == [400] and metrics["model"]["latent_dim"] == 20
     assert metrics["train_config"]["batch_size"] == 100 and metrics["train_config"]["monitor"] is True
     assert len(metrics["history"]["valid_neg_elbo"]) == 2

@@ -375,6 +375,10 @@ def test_dynamic_binarization_is_a_bernoulli_draw(backend):
     # a fresh draw differs; the same seed repeats
     assert (minivae.to_numpy(binarize_dynamic(x, backend.random(4))) != host).any()
     np.testing.assert_array_equal(minivae.to_numpy(binarize_dynamic(x, backend.random(3))), host)
+    # into reused buffers, in place (as the trainer does every epoch): the same draws
+    in_place, scratch = x.copy(), backend.xp.empty_like(x)
+    assert binarize_dynamic(in_place, backend.random(3), out=in_place, draws=scratch) is in_place
+    np.testing.assert_array_equal(minivae.to_numpy(in_place), host)
     fixed = binarize_fixed(x)
     assert backend.is_native(fixed)
 

@@ -291,3 +291,19 @@ def test_any_optimizer_follows_the_schedule(toy_data, tmp_path):
     with pytest.raises(CheckpointError, match="state of SGD, not Adam"):
         Trainer(VAE(D, [12], K), toy_data[0], TrainConfig(epochs=2, batch_size=50, lr=0.05, lr_decay=0.5),
                 progress=False, log=None).restore(tmp_path / "sgd.npz")
+
+
+def test_epoch_data_reuses_its_buffers(backend, toy_data):
+    """Every epoch shuffles (and binarizes) the training set into the same buffers, and draws what
+    a fresh array would hold: the permutation and the Bernoulli draws of the epoch's data stream."""
+    trainer = make_trainer(backend, toy_data, dynamic_binarization=True)
+    x = trainer.x_train
+    first = trainer._epoch_data(0)
+    host_first = minivae.to_numpy(first).copy()
+    second = trainer._epoch_data(1)
+    assert second is first
+    for epoch, got in ((0, host_first), (1, minivae.to_numpy(second))):
+        random = backend.random(derive_seed(trainer.config.seed, epoch, "data"))
+        shuffled = x[random.permutation(x.shape[0])]
+        expected = (random.uniform(shuffled.shape, shuffled.dtype) < shuffled).astype(shuffled.dtype)
+        np.testing.assert_array_equal(got, minivae.to_numpy(expected))

@@ -102,16 +102,24 @@ def test_two_threads_equal_one_thread(backend, make_optimizer):
     np.testing.assert_allclose(params_2, params_1, rtol=1e-4, atol=1e-5)
 
 
-def test_threads_auto_splits_numpy_batches_and_restores_the_blas():
+def test_threads_auto_splits_numpy_batches_and_restores_the_blas(monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from minivae.training.step import PARALLEL_MIN_WORK
+    from minivae.training import step as step_module
+    from minivae.training.step import PARALLEL_MIN_WORK, PROGRAM_PARALLEL_MIN_WORK
     model = make_model(minivae.get_backend("numpy"), ARCHITECTURES[0], "float32")
-    step = TrainStep(model, minivae.Adam(model.params))
-    n = -(-PARALLEL_MIN_WORK // model.params.flat.size)    # the smallest batch split in two
-    assert step._use_two_threads(n) and not step._use_two_threads(n - 1)
+    for program, minimum in ((False, PARALLEL_MIN_WORK), (True, PROGRAM_PARALLEL_MIN_WORK)):
+        step = TrainStep(model, minivae.Adam(model.params), program=program)
+        if step.runner != ("program" if program else "engine"):
+            continue                          # (no recorded step on this machine)
+        n = -(-minimum // model.params.flat.size)    # the smallest batch split in two
+        assert step._use_two_threads(n) and not step._use_two_threads(n - 1)
     big = minivae.VAE(784, [400], 20, seed=0)
-    assert TrainStep(big, minivae.Adam(big.params))._use_two_threads(16)
+    assert TrainStep(big, minivae.Adam(big.params), program=False)._use_two_threads(16)
+    assert TrainStep(big, minivae.Adam(big.params))._use_two_threads(2)
+    with monkeypatch.context() as patch:          # one core: "auto" keeps one thread
+        patch.setattr(step_module, "CORES", 1)
+        assert not TrainStep(big, minivae.Adam(big.params))._use_two_threads(2048)
     before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     x, _ = batch(minivae.get_backend("numpy"), 40, "float32")
     step = TrainStep(model, minivae.Adam(model.params), threads=2)

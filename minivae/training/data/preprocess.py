@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from minivae._types import Array
+from minivae.backend import get_array_module
 
 if TYPE_CHECKING:
     from minivae.backend import Random
@@ -45,12 +46,19 @@ def binarize_fixed(x: Array, threshold: float = 0.5) -> Array:
     return (x > threshold).astype(x.dtype)
 
 
-def binarize_dynamic(x: Array, random: Random) -> Array:
+def binarize_dynamic(x: Array, random: Random, out: Array | None = None, draws: Array | None = None) -> Array:
     """One Bernoulli draw per pixel, ``x_bin ~ Bernoulli(x)``: ``1[u < x]``, ``u ~ U[0, 1)``.
 
-    ``random`` is a :class:`minivae.backend.Random` on ``x``'s device. (N, D) -> (N, D).
+    ``random`` is a :class:`minivae.backend.Random` on ``x``'s device. (N, D) -> (N, D). ``out``
+    (may be ``x`` itself) and ``draws`` (for u), arrays like ``x``, are reused where given: a
+    training loop that binarizes 47 million pixels every epoch allocates nothing (fresh arrays of
+    that size cost more in page faults than the draws). The same values either way.
     """
-    return (random.uniform(x.shape, x.dtype) < x).astype(x.dtype)
+    xp = get_array_module(x)
+    u = random.uniform(x.shape, x.dtype, out=draws)
+    if out is None:
+        out = xp.empty_like(x)
+    return xp.less(u, x, out=out)   # 1.0 or 0.0 in x's dtype
 
 
 def preprocess(images: npt.ArrayLike, binarize: str = "none", threshold: float = 0.5,
