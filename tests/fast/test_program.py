@@ -236,3 +236,14 @@ def test_a_forked_child_gets_threads_of_its_own():
     with multiprocessing.get_context("fork").Pool(1) as pool:
         there = pool.apply_async(_loss_in_child, (arch,)).get(timeout=120)
     assert there == here
+
+
+@needs_program
+def test_the_blas_entry_point_is_numpys_own():
+    """The products go through the CBLAS sgemm of the BLAS that NumPy loaded (threadpoolctl's list)."""
+    from threadpoolctl import threadpool_info
+
+    from minivae.fast.blas import SGEMM_SYMBOLS, find_sgemm
+    gemm = find_sgemm()
+    assert gemm.address and (gemm.symbol, gemm.int_bits) in SGEMM_SYMBOLS
+    assert gemm.library in {info["filepath"] for info in threadpool_info() if info["user_api"] == "blas"}
