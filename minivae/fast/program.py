@@ -31,6 +31,7 @@ tests check a replay against the engine and the reference (``tests/fast/test_pro
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -393,10 +394,7 @@ class ProgramStep:
         and of the KL term (float32 scalars); the gradients are in ``grads``."""
         program = self._program(x, eps)
         scalars = self.optimizer.begin_step()
-        if threads > 1:
-            with single_threaded_blas():
-                nll_sum, kl_sum = program.run(x, eps, (beta, scalars), threads)
-        else:
+        with single_threaded_blas() if threads > 1 else contextlib.nullcontext():
             nll_sum, kl_sum = program.run(x, eps, (beta, scalars), threads)
         return np.float32(nll_sum), np.float32(kl_sum)
 
